@@ -1,0 +1,386 @@
+"""Reading an artifact: kind, attributes, lazy zarr access, numpy / torch views, export."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from artifacts.canonical import canonical_json
+from artifacts.cid import CID
+from artifacts.errors import ArtifactError, ManifestError, UnsafePathError
+from artifacts.manifest import Ref, RootManifest, validate_key
+from artifacts.writers import ARRAY_ATTR, BLOCK_BYTES, FILE_ATTR
+from artifacts.zarr_store import CASStore
+
+if TYPE_CHECKING:
+    import torch
+    import zarr
+
+__all__ = ["Artifact", "ArrayInfo", "FileEntry"]
+
+Progress = Callable[[int], None]
+TENSOR_ATTR = "cidflow.tensor"
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayInfo:
+    """Shape, dtype and chunking of one zarr array of an artifact."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    attributes: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "chunks": list(self.chunks)}
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file of a ``files`` artifact: its relative path, size and segments."""
+
+    path: str
+    size: int
+    segments: tuple[tuple[str, str], ...]
+
+
+class Artifact:
+    """An artifact opened by CID. Nothing but the root manifest is read until asked for."""
+
+    def __init__(self, store: CASStore) -> None:
+        manifest = store.manifest
+        if manifest is None or store.root is None:
+            raise ManifestError(None, "an artifact needs a root CID")
+        self.store = store
+        self.cid: CID = store.root
+        self.manifest: RootManifest = manifest
+
+    def __repr__(self) -> str:
+        return f"Artifact('{self.cid}', kind={self.kind!r})"
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.manifest.attrs
+
+    @cached_property
+    def group(self) -> zarr.Group:
+        """The artifact as a read-only zarr group (chunks are fetched and verified lazily)."""
+        import zarr
+
+        return zarr.open_group(self.store, mode="r")
+
+    # -- structure ------------------------------------------------------------------------------
+    def refs(self) -> Iterator[Ref]:
+        """Every blob this artifact needs: tree nodes and entries (not the root itself)."""
+        for group in sorted(self.manifest.tables):
+            table = self.store._table(group)
+            assert table is not None
+            for node in table.tree_cids:
+                yield Ref(node, -1)
+            for _, ref in table.items():
+                yield ref
+
+    @property
+    def size(self) -> int:
+        """Logical bytes: the sum of the stored sizes of every entry."""
+        total = 0
+        for group in self.manifest.tables:
+            table = self.store._table(group)
+            assert table is not None
+            total += table.bytes
+        return total
+
+    def metadata(self) -> dict[str, dict[str, Any]]:
+        """Every zarr node's metadata document, by node path (``""`` is the root group)."""
+        table = self.store._table("")
+        out: dict[str, dict[str, Any]] = {}
+        if table is None:
+            return out
+        for key, ref in table.items():
+            if key == "zarr.json" or key.endswith("/zarr.json"):
+                try:
+                    doc = json.loads(self.store.blobs.get(ref.cid))
+                except ValueError as exc:
+                    raise ManifestError(self.cid, f"{key} is not JSON: {exc}") from None
+                if isinstance(doc, dict):
+                    out[key.removesuffix("zarr.json").rstrip("/")] = doc
+        return out
+
+    def arrays(self) -> dict[str, ArrayInfo]:
+        """The arrays of this artifact by user-facing name (file path for npy files)."""
+        out: dict[str, ArrayInfo] = {}
+        for path, doc in sorted(self.metadata().items()):
+            if doc.get("node_type") != "array":
+                continue
+            attributes = doc.get("attributes") or {}
+            name = path
+            if self.kind == "files":
+                meta = attributes.get(ARRAY_ATTR, {})
+                name = meta.get("path", path)
+            elif self.kind == "state_dict" and TENSOR_ATTR in attributes:
+                name = attributes[TENSOR_ATTR]["name"]
+            grid = doc.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", [])
+            dtype = _dtype_name(doc, attributes)
+            out[name] = ArrayInfo(
+                path, tuple(doc.get("shape", ())), dtype, tuple(grid), dict(attributes)
+            )
+        return out
+
+    def files(self) -> list[FileEntry]:
+        """The files of a ``files`` artifact, sorted by path (validated: never escapes)."""
+        if self.kind != "files":
+            raise ArtifactError(f"artifact {self.cid} is a {self.kind!r} artifact, not files")
+        entries: list[FileEntry] = []
+        for _, doc in sorted(self.metadata().items()):
+            meta = (doc.get("attributes") or {}).get(FILE_ATTR)
+            if meta is None:
+                continue
+            try:
+                path = validate_key(meta["path"], cid=self.cid)
+                segs = tuple((str(k), str(v)) for k, v in meta["segments"])
+                size = int(meta["size"])
+            except (KeyError, TypeError, ValueError) as exc:
+                if isinstance(exc, UnsafePathError):
+                    raise
+                raise ManifestError(self.cid, f"malformed file entry: {exc}") from None
+            entries.append(FileEntry(path, size, segs))
+        entries.sort(key=lambda e: e.path)
+        return entries
+
+    # -- data -------------------------------------------------------------------------------------
+    def array(self, name: str) -> zarr.Array:
+        """The zarr array called ``name`` (as listed by :meth:`arrays`), lazily read."""
+        info = self.arrays().get(name)
+        if info is None:
+            raise KeyError(f"artifact {self.cid} has no array {name!r}")
+        node = self.group[info.path]
+        import zarr
+
+        assert isinstance(node, zarr.Array)
+        return node
+
+    def to_numpy(self) -> dict[str, np.ndarray[Any, Any]]:
+        """Every array, read whole into memory, by name (original dtype for npy files)."""
+        out: dict[str, np.ndarray[Any, Any]] = {}
+        for name, info in self.arrays().items():
+            node = self.group[info.path]
+            data = np.asarray(node[...])
+            original = info.attributes.get(ARRAY_ATTR, {}).get("dtype")
+            out[name] = data.astype(np.dtype(original)) if original else data
+        return out
+
+    def to_state_dict(self) -> dict[str, torch.Tensor]:
+        """The torch state_dict this artifact was made from: same names, order, dtypes, bits."""
+        from artifacts.torch_io import numpy_to_tensor
+
+        if self.kind != "state_dict":
+            raise ArtifactError(f"artifact {self.cid} is a {self.kind!r} artifact, not state_dict")
+        items: list[tuple[int, str, torch.Tensor]] = []
+        for info in self.arrays().values():
+            meta = info.attributes[TENSOR_ATTR]
+            data = np.asarray(self.group[info.path][...])
+            items.append((int(meta["index"]), meta["name"], numpy_to_tensor(data, meta["dtype"])))
+        return {name: tensor for _, name, tensor in sorted(items, key=lambda t: t[0])}
+
+    # -- export -----------------------------------------------------------------------------------
+    def export(
+        self, out: str | os.PathLike[str], *, overwrite: bool = False, progress: Progress | None = None
+    ) -> list[Path]:
+        """Write the artifact under folder ``out``; return the written paths.
+
+        ``files`` artifacts come back byte-identical; ``arrays`` as one ``.npy`` per array;
+        ``state_dict`` as ``model.safetensors``; anything else as a zarr v3 folder. Everything
+        is written to a staging folder first, so a failure (a corrupt blob, say) leaves ``out``
+        as it was.
+        """
+        target = Path(out).absolute()
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(f"{target} exists and is not a folder")
+        non_empty = target.is_dir() and any(target.iterdir())
+        if non_empty and not overwrite:
+            raise FileExistsError(f"{target} is not empty (use overwrite to merge into it)")
+        plan = self._export_plan()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.{secrets.token_hex(6)}.incomplete"
+        staging.mkdir()
+        try:
+            for rel, write in plan:
+                dest = _inside(staging, rel, self.cid)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(dest, "xb") as f:
+                    write(f, progress)
+            if not target.exists() or not non_empty:
+                with contextlib.suppress(FileNotFoundError):
+                    target.rmdir()
+                os.replace(staging, target)
+            else:
+                for rel, _ in plan:
+                    dest = _inside(target, rel, self.cid)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(staging / rel, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return [target / rel for rel, _ in plan]
+
+    def _export_plan(self) -> list[tuple[str, Callable[[Any, Progress | None], None]]]:
+        if self.kind == "files":
+            return [(e.path, self._file_writer(e)) for e in self.files()]
+        if self.kind == "arrays":
+            plan = []
+            for name, info in self.arrays().items():
+                validate_key(name, cid=self.cid)
+                plan.append((f"{name}.npy", self._npy_writer(info)))
+            return plan
+        if self.kind == "state_dict":
+            return [("model.safetensors", self._safetensors_writer())]
+        plan = []
+        for key, ref in sorted(self.store.items()):
+            validate_key(key, cid=self.cid)
+            plan.append((key, self._blob_writer(ref)))
+        return plan
+
+    def _blob_writer(self, ref: Ref) -> Callable[[Any, Progress | None], None]:
+        def write(f: Any, progress: Progress | None) -> None:
+            data = self.store.blobs.get(ref.cid)
+            f.write(data)
+            if progress:
+                progress(len(data))
+
+        return write
+
+    def _file_writer(self, entry: FileEntry) -> Callable[[Any, Progress | None], None]:
+        def write(f: Any, progress: Progress | None) -> None:
+            written = 0
+            for kind, value in entry.segments:
+                if kind == "bytes":
+                    data = base64.b64decode(value, validate=True)
+                    f.write(data)
+                    written += len(data)
+                elif kind == "array":
+                    node = self.group[validate_key(value, cid=self.cid)]
+                    dtype = (node.attrs.get(ARRAY_ATTR) or {}).get("dtype")
+                    written += _stream_array(node, f, np.dtype(dtype) if dtype else None, progress)
+                else:
+                    raise ManifestError(self.cid, f"unknown segment kind {kind!r}")
+            if written != entry.size:
+                raise ManifestError(
+                    self.cid, f"{entry.path}: rebuilt {written} bytes, manifest says {entry.size}"
+                )
+
+        return write
+
+    def _npy_writer(self, info: ArrayInfo) -> Callable[[Any, Progress | None], None]:
+        def write(f: Any, progress: Progress | None) -> None:
+            node = self.group[info.path]
+            original = info.attributes.get(ARRAY_ATTR, {}).get("dtype")
+            dtype = np.dtype(original) if original else node.dtype
+            header = {
+                "descr": np.lib.format.dtype_to_descr(dtype),
+                "fortran_order": False,
+                "shape": tuple(node.shape),
+            }
+            np.lib.format.write_array_header_2_0(f, header) if _needs_v2(header) else (
+                np.lib.format.write_array_header_1_0(f, header)
+            )
+            _stream_array(node, f, dtype, progress)
+
+        return write
+
+    def _safetensors_writer(self) -> Callable[[Any, Progress | None], None]:
+        def write(f: Any, progress: Progress | None) -> None:
+            tensors = sorted(
+                (info.attributes[TENSOR_ATTR]["index"], name, info)
+                for name, info in self.arrays().items()
+            )
+            header: dict[str, Any] = {}
+            offset = 0
+            for _, name, info in tensors:
+                meta = info.attributes[TENSOR_ATTR]
+                itemsize = self.group[info.path].dtype.itemsize
+                nbytes = int(np.prod(info.shape, dtype=np.int64)) * itemsize
+                header[name] = {
+                    "dtype": _SAFETENSORS_DTYPES.get(meta["dtype"], meta["dtype"].upper()),
+                    "shape": list(info.shape),
+                    "data_offsets": [offset, offset + nbytes],
+                }
+                offset += nbytes
+            raw = canonical_json(header)
+            raw += b" " * (-len(raw) % 8)
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+            for _, _, info in tensors:
+                _stream_array(self.group[info.path], f, None, progress)
+
+        return write
+
+
+_SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "complex64": "C64",
+}  # fmt: skip
+
+
+def _needs_v2(header: dict[str, Any]) -> bool:
+    return len(repr(header)) > 60000
+
+
+def _dtype_name(doc: dict[str, Any], attributes: dict[str, Any]) -> str:
+    original = attributes.get(ARRAY_ATTR, {}).get("dtype")
+    if original:
+        return str(np.dtype(original))
+    tensor = attributes.get(TENSOR_ATTR)
+    if tensor:
+        return str(tensor["dtype"])
+    dtype = doc.get("data_type")
+    return dtype if isinstance(dtype, str) else json.dumps(dtype)
+
+
+def _stream_array(node: Any, f: Any, dtype: np.dtype[Any] | None, progress: Progress | None) -> int:
+    """Write ``node``'s data in C order, block by block; return the bytes written."""
+    shape = tuple(node.shape)
+    if not shape:
+        data = np.asarray(node[...])
+        raw = (data.astype(dtype) if dtype is not None else data).tobytes()
+        f.write(raw)
+        return len(raw)
+    row = node.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    chunk_rows = node.chunks[0] if node.chunks else 1
+    step = max(chunk_rows, (BLOCK_BYTES // max(1, row)) // chunk_rows * chunk_rows)
+    written = 0
+    for start in range(0, shape[0], step):
+        block = np.asarray(node[start : start + step])
+        if dtype is not None and block.dtype != dtype:
+            block = block.astype(dtype)
+        raw = np.ascontiguousarray(block).data
+        f.write(raw)
+        written += raw.nbytes
+        if progress:
+            progress(raw.nbytes)
+    return written
+
+
+def _inside(root: Path, rel: str, cid: CID) -> Path:
+    validate_key(rel, cid=cid)
+    dest = (root / rel).resolve()
+    if not dest.is_relative_to(root.resolve()):
+        raise UnsafePathError(rel, "resolves outside the output folder", cid)
+    return dest

@@ -1,0 +1,224 @@
+"""A blob store in a local folder: one file per blob, named by its CID.
+
+Layout under ``root``::
+
+    blobs/<cid[-3:-1]>/<cid>     1024 fan-out folders
+    tmp/<pid>-<random>.incomplete   writes in progress (never listed)
+
+A write goes to a unique temporary file, is fsynced, then renamed into place, so a crash leaves
+either no blob or the whole blob; :meth:`flush` fsyncs the folders that received new names.
+Temporary files left by dead processes are removed when a writable store is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from artifacts.blobstore.base import BlobStat, BlobStore
+from artifacts.cid import CID, HashName, as_cid
+from artifacts.errors import BlobNotFoundError, InvalidCIDError
+
+__all__ = ["LocalBlobStore"]
+
+_TMP_SUFFIX = ".incomplete"
+_STALE_TMP_SECONDS = 24 * 3600
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs as files under ``root`` (created if missing unless read-only)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        hash: HashName = "sha2-256",
+        fsync: bool = True,
+    ) -> None:
+        super().__init__(read_only=read_only, hash=hash)
+        self.root = Path(root).absolute()
+        self._blobs = self.root / "blobs"
+        self._tmp = self.root / "tmp"
+        self._fsync = fsync
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
+        if not read_only:
+            self._blobs.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            self.remove_stale_temp()
+
+    def __repr__(self) -> str:
+        return f"LocalBlobStore('{self.root}', read_only={self.read_only})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, LocalBlobStore)
+            and self.root == other.root
+            and self.read_only == other.read_only
+            and self.hash_name == other.hash_name
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.root, self.read_only, self.hash_name))
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"root": self.root, "read_only": self.read_only, "hash": self.hash_name, "fsync": self._fsync}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        root = state["root"]
+        assert isinstance(root, Path)
+        self.__init__(  # type: ignore[misc]
+            root, read_only=bool(state["read_only"]), hash=state["hash"], fsync=bool(state["fsync"])
+        )
+
+    def path_of(self, cid: str | CID) -> Path:
+        """Where the blob for ``cid`` lives (whether or not it exists)."""
+        text = str(as_cid(cid))
+        return self._blobs / text[-3:-1] / text
+
+    # -- primitives ---------------------------------------------------------------------------
+    def _read(self, cid: CID) -> bytes:
+        try:
+            with open(self.path_of(cid), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise BlobNotFoundError(cid, str(self.root)) from None
+
+    def _write(self, cid: CID, data: bytes | memoryview) -> None:
+        final = self.path_of(cid)
+        size = len(data) if isinstance(data, bytes) else data.nbytes
+        try:
+            st = final.stat()
+        except FileNotFoundError:
+            pass
+        else:
+            if st.st_size == size:
+                # Already stored: refresh the time so a concurrent gc's grace period covers it.
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(final)
+                if final.exists():
+                    return
+            # A truncated or zero-length leftover is replaced by the fresh, verified bytes.
+        final.parent.mkdir(exist_ok=True)
+        tmp = self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}{_TMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        with self._dirty_lock:
+            self._dirty.add(str(final.parent))
+
+    def flush(self) -> None:
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        if not self._fsync:
+            return
+        for folder in sorted(dirty):
+            _fsync_dir(folder)
+
+    def stat(self, cid: str | CID) -> BlobStat:
+        key = as_cid(cid)
+        try:
+            st = self.path_of(key).stat()
+        except FileNotFoundError:
+            raise BlobNotFoundError(key, str(self.root)) from None
+        return BlobStat(st.st_size, st.st_mtime)
+
+    def _delete(self, cid: CID) -> bool:
+        try:
+            os.unlink(self.path_of(cid))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def iter_cids(self) -> Iterator[CID]:
+        try:
+            fans = sorted(os.scandir(self._blobs), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for fan in fans:
+            if not fan.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(fan.path):
+                try:
+                    cid = CID.parse(entry.name)
+                except InvalidCIDError:
+                    continue  # not ours (an editor's backup, a stray file): never listed
+                if entry.name[-3:-1] == fan.name:
+                    yield cid
+
+    # -- maintenance --------------------------------------------------------------------------
+    def temp_files(self) -> list[Path]:
+        """Temporary files currently present (writes in progress or left by a crash)."""
+        try:
+            return sorted(p for p in self._tmp.iterdir() if p.name.endswith(_TMP_SUFFIX))
+        except FileNotFoundError:
+            return []
+
+    def remove_stale_temp(self, *, older_than: float = _STALE_TMP_SECONDS) -> int:
+        """Delete temp files whose writer process is gone (or that are very old)."""
+        removed = 0
+        now = time.time()
+        for path in self.temp_files():
+            pid_text = path.name.split("-", 1)[0]
+            try:
+                alive = _pid_alive(int(pid_text)) and int(pid_text) != os.getpid()
+            except ValueError:
+                alive = False
+            try:
+                old = now - path.stat().st_mtime > older_than
+            except FileNotFoundError:
+                continue
+            if not alive or old:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError as exc:  # pragma: no cover - platform specific
+        return exc.errno != errno.ESRCH
+    # A zombie (killed, not yet reaped) holds no file open; treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b") ", 1)[-1][:1] != b"Z"
+    except OSError:
+        return True
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

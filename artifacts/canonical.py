@@ -1,0 +1,41 @@
+"""Canonical JSON: the one byte encoding of a JSON value that every cidflow process agrees on.
+
+UTF-8, keys sorted by code point, no insignificant whitespace, no NaN or infinities. Manifests,
+receipts and registry entries are all encoded this way, so equal values give equal CIDs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["canonical_json", "loads_strict"]
+
+
+def canonical_json(value: Any) -> bytes:
+    """Encode ``value`` as canonical JSON bytes.
+
+    Raises ``ValueError`` for NaN/infinite floats and ``TypeError`` for values JSON cannot hold.
+    """
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate JSON key {key!r}")
+        out[key] = value
+    return out
+
+
+def loads_strict(data: bytes) -> Any:
+    """Parse JSON bytes strictly: UTF-8 only, no NaN/Infinity, no duplicate keys."""
+    text = data.decode("utf-8")
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_object)

@@ -1,0 +1,1 @@
+"""cidflow flows layer (see DESIGN.md); filled in by its issue."""

@@ -1,0 +1,1 @@
+"""cidflow node_agent layer (see DESIGN.md); filled in by its issue."""

@@ -1,0 +1,1 @@
+"""cidflow registry layer (see DESIGN.md); filled in by its issue."""
