@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
     import zarr
 
-__all__ = ["Artifact", "ArrayInfo", "FileEntry"]
+__all__ = ["ArrayInfo", "Artifact", "FileEntry"]
 
 Progress = Callable[[int], None]
 TENSOR_ATTR = "cidflow.tensor"
@@ -85,7 +85,7 @@ class Artifact:
 
         return zarr.open_group(self.store, mode="r")
 
-    # -- structure ------------------------------------------------------------------------------
+    # -- structure -----------------------------------------------------------------------------
     def refs(self) -> Iterator[Ref]:
         """Every blob this artifact needs: tree nodes and entries (not the root itself)."""
         for group in sorted(self.manifest.tables):
@@ -163,8 +163,8 @@ class Artifact:
         entries.sort(key=lambda e: e.path)
         return entries
 
-    # -- data -------------------------------------------------------------------------------------
-    def array(self, name: str) -> zarr.Array:
+    # -- data ----------------------------------------------------------------------------------
+    def array(self, name: str) -> zarr.Array[Any]:
         """The zarr array called ``name`` (as listed by :meth:`arrays`), lazily read."""
         info = self.arrays().get(name)
         if info is None:
@@ -179,7 +179,7 @@ class Artifact:
         """Every array, read whole into memory, by name (original dtype for npy files)."""
         out: dict[str, np.ndarray[Any, Any]] = {}
         for name, info in self.arrays().items():
-            node = self.group[info.path]
+            node: Any = self.group[info.path]
             data = np.asarray(node[...])
             original = info.attributes.get(ARRAY_ATTR, {}).get("dtype")
             out[name] = data.astype(np.dtype(original)) if original else data
@@ -194,13 +194,18 @@ class Artifact:
         items: list[tuple[int, str, torch.Tensor]] = []
         for info in self.arrays().values():
             meta = info.attributes[TENSOR_ATTR]
-            data = np.asarray(self.group[info.path][...])
+            tensor_node: Any = self.group[info.path]
+            data = np.asarray(tensor_node[...])
             items.append((int(meta["index"]), meta["name"], numpy_to_tensor(data, meta["dtype"])))
         return {name: tensor for _, name, tensor in sorted(items, key=lambda t: t[0])}
 
-    # -- export -----------------------------------------------------------------------------------
+    # -- export --------------------------------------------------------------------------------
     def export(
-        self, out: str | os.PathLike[str], *, overwrite: bool = False, progress: Progress | None = None
+        self,
+        out: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        progress: Progress | None = None,
     ) -> list[Path]:
         """Write the artifact under folder ``out``; return the written paths.
 
@@ -273,7 +278,7 @@ class Artifact:
                     f.write(data)
                     written += len(data)
                 elif kind == "array":
-                    node = self.group[validate_key(value, cid=self.cid)]
+                    node: Any = self.group[validate_key(value, cid=self.cid)]
                     dtype = (node.attrs.get(ARRAY_ATTR) or {}).get("dtype")
                     written += _stream_array(node, f, np.dtype(dtype) if dtype else None, progress)
                 else:
@@ -287,7 +292,7 @@ class Artifact:
 
     def _npy_writer(self, info: ArrayInfo) -> Callable[[Any, Progress | None], None]:
         def write(f: Any, progress: Progress | None) -> None:
-            node = self.group[info.path]
+            node: Any = self.group[info.path]
             original = info.attributes.get(ARRAY_ATTR, {}).get("dtype")
             dtype = np.dtype(original) if original else node.dtype
             header = {
@@ -312,7 +317,8 @@ class Artifact:
             offset = 0
             for _, name, info in tensors:
                 meta = info.attributes[TENSOR_ATTR]
-                itemsize = self.group[info.path].dtype.itemsize
+                tensor_node: Any = self.group[info.path]
+                itemsize = tensor_node.dtype.itemsize
                 nbytes = int(np.prod(info.shape, dtype=np.int64)) * itemsize
                 header[name] = {
                     "dtype": _SAFETENSORS_DTYPES.get(meta["dtype"], meta["dtype"].upper()),
@@ -370,11 +376,11 @@ def _stream_array(node: Any, f: Any, dtype: np.dtype[Any] | None, progress: Prog
         block = np.asarray(node[start : start + step])
         if dtype is not None and block.dtype != dtype:
             block = block.astype(dtype)
-        raw = np.ascontiguousarray(block).data
-        f.write(raw)
-        written += raw.nbytes
+        view = np.ascontiguousarray(block).data
+        f.write(view)
+        written += view.nbytes
         if progress:
-            progress(raw.nbytes)
+            progress(view.nbytes)
     return written
 
 

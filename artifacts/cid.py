@@ -64,7 +64,9 @@ def new_hasher(name: HashName = "sha2-256") -> Hasher:
         try:
             import blake3
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise InvalidCIDError(name, "blake3 needs the 'blake3' package: pip install cidflow[blake3]") from exc
+            raise InvalidCIDError(
+                name, "blake3 needs the 'blake3' package: pip install cidflow[blake3]"
+            ) from exc
         hasher: Hasher = blake3.blake3()
         return hasher
     raise InvalidCIDError(name, f"unknown hash function; use one of {sorted(_HASH_CODES)}")

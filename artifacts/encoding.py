@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RAW_RATIO", "chunk_shape", "choose_compressors", "native_dtype", "rows_per_block", "sample_ranges"]
+__all__ = [
+    "RAW_RATIO",
+    "choose_compressors",
+    "chunk_shape",
+    "native_dtype",
+    "rows_per_block",
+    "sample_ranges",
+]
 
 RAW_RATIO = 0.9  # store raw unless zstd makes the sample at least 10 % smaller
 _SUPPORTED_KINDS = "biufc"

@@ -90,7 +90,7 @@ def validate_key(key: str, *, cid: object = None) -> str:
     return key
 
 
-# -- root manifest ------------------------------------------------------------------------------
+# -- root manifest -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +195,7 @@ def _parse_entries(cid: CID, raw: object) -> tuple[list[str], list[Ref]]:
     return keys, refs
 
 
-# -- tables -------------------------------------------------------------------------------------
+# -- tables ------------------------------------------------------------------------------------
 
 
 class Table:
@@ -301,10 +301,10 @@ class Table:
 
 def build_table(items: Iterable[tuple[str, Ref]], put_json: PutJSON) -> dict[str, Any]:
     """The table spec for sorted ``items``: inline when small, else a tree of nodes."""
-    entries = [[k, str(r.cid), r.size] for k, r in items]
+    entries: list[list[Any]] = [[k, str(r.cid), r.size] for k, r in items]
     if len(entries) <= INLINE_MAX:
         return {"entries": entries}
-    total = sum(e[2] for e in entries)
+    total = sum(int(e[2]) for e in entries)
     # level: [first_key, cid, count, bytes] per node
     level: list[list[Any]] = []
     for start in range(0, len(entries), LEAF_MAX):

@@ -14,6 +14,7 @@ it cannot read the manifest of an artifact it must keep.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import os
@@ -146,7 +147,7 @@ class ArtifactStore:
     def __repr__(self) -> str:
         return f"ArtifactStore('{self.home}')"
 
-    # -- locking ----------------------------------------------------------------------------------
+    # -- locking -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self, exclusive: bool, timeout: float = 600.0) -> Iterator[None]:
         path = self.home / "locks" / "gc"
@@ -196,7 +197,7 @@ class ArtifactStore:
         )
         _atomic_write(self.home / "refs" / "artifacts" / str(cid), body)
 
-    # -- put --------------------------------------------------------------------------------------
+    # -- put -----------------------------------------------------------------------------------
     def put_arrays(
         self,
         arrays: Mapping[str, Any],
@@ -330,7 +331,7 @@ class ArtifactStore:
                 self._put_array(cas, name, np.asarray(value), None, progress)
             return self._commit(cas, old.kind, merged, f"update of {old.cid}", pin)
 
-    # -- read ---------------------------------------------------------------------------------------
+    # -- read ----------------------------------------------------------------------------------
     def open_artifact(self, cid: str | CID) -> Artifact:
         """The artifact with root ``cid`` (``ArtifactNotFoundError``, ``ManifestError``...)."""
         key = as_cid(cid)
@@ -347,13 +348,13 @@ class ArtifactStore:
         *,
         overwrite: bool = False,
         progress: Progress | None = None,
-    ) -> list[Path]:
+    ) -> builtins.list[Path]:
         return self.open_artifact(cid).export(out, overwrite=overwrite, progress=progress)
 
-    def list(self) -> list[ArtifactInfo]:
+    def list(self) -> builtins.list[ArtifactInfo]:
         """Artifacts written to this home, newest first."""
         pins = set(self.pins())
-        out = []
+        out: builtins.list[ArtifactInfo] = []
         for path in (self.home / "refs" / "artifacts").glob("b*"):
             try:
                 rec = loads_strict(path.read_bytes())
@@ -371,7 +372,7 @@ class ArtifactStore:
                 continue
         return sorted(out, key=lambda a: (-a.created, a.cid))
 
-    # -- pins ---------------------------------------------------------------------------------------
+    # -- pins ----------------------------------------------------------------------------------
     def pin(self, cid: str | CID) -> None:
         key = self.open_artifact(cid).cid
         _atomic_write(self.home / "refs" / "pins" / str(key), b"")
@@ -383,14 +384,14 @@ class ArtifactStore:
             return False
         return True
 
-    def pins(self) -> list[str]:
-        out = []
+    def pins(self) -> builtins.list[str]:
+        out: builtins.list[str] = []
         for p in (self.home / "refs" / "pins").glob("b*"):
             with contextlib.suppress(InvalidCIDError):
                 out.append(str(as_cid(p.name)))
         return sorted(out)
 
-    # -- integrity ------------------------------------------------------------------------------------
+    # -- integrity -----------------------------------------------------------------------------
     def verify(
         self, cids: Iterable[str | CID] | None = None, *, progress: Progress | None = None
     ) -> VerifyReport:
@@ -431,7 +432,7 @@ class ArtifactStore:
                 report.problems.append((str(root), str(exc)))
         return report
 
-    # -- gc ---------------------------------------------------------------------------------------
+    # -- gc ------------------------------------------------------------------------------------
     def gc(
         self,
         *,
@@ -448,9 +449,7 @@ class ArtifactStore:
             cutoff = time.time() - grace
             records = {a.cid: a for a in self.list()}
             recent = {
-                cid
-                for cid in records
-                if _mtime(self.home / "refs" / "artifacts" / cid) >= cutoff
+                cid for cid in records if _mtime(self.home / "refs" / "artifacts" / cid) >= cutoff
             }
             roots = set(self.pins()) | recent | {str(as_cid(c)) for c in extra_roots}
             live: set[CID] = set()
@@ -465,22 +464,22 @@ class ArtifactStore:
                     ) from exc
             forgotten = tuple(sorted(set(records) - roots))
             if not dry_run:
-                for cid in forgotten:  # forget first: an interrupted gc leaves only orphans
+                for name in forgotten:  # forget first: an interrupted gc leaves only orphans
                     with contextlib.suppress(FileNotFoundError):
-                        (self.home / "refs" / "artifacts" / cid).unlink()
+                        (self.home / "refs" / "artifacts" / name).unlink()
             removed = freed = kept = 0
-            for cid in list(self.blobs.iter_cids()):
-                if cid in live:
+            for blob in builtins.list(self.blobs.iter_cids()):
+                if blob in live:
                     kept += 1
                     continue
                 try:
-                    st = self.blobs.stat(cid)
+                    st = self.blobs.stat(blob)
                 except FileNotFoundError:
                     continue
                 if st.mtime >= cutoff:
                     kept += 1
                     continue
-                if dry_run or self.blobs.delete(cid):
+                if dry_run or self.blobs.delete(blob):
                     removed += 1
                     freed += st.size
             temp = 0
@@ -488,7 +487,7 @@ class ArtifactStore:
                 temp = self.blobs.remove_stale_temp(older_than=max(grace, 60.0))
             return GCReport(removed, freed, kept, forgotten, temp, dry_run)
 
-    # -- stats --------------------------------------------------------------------------------------
+    # -- stats ---------------------------------------------------------------------------------
     def stats(self) -> StoreStats:
         stored = count = 0
         for cid in self.blobs.iter_cids():
@@ -499,11 +498,13 @@ class ArtifactStore:
         logical = 0
         for info in infos:
             with contextlib.suppress(ArtifactError, ValueError):
-                logical += self.open_artifact(info.cid).size
+                art = self.open_artifact(info.cid)
+                logical += art.size + self.blobs.stat(art.cid).size
+                logical += sum(self.blobs.stat(r.cid).size for r in art.refs() if r.size < 0)
         return StoreStats(len(infos), len(self.pins()), count, stored, logical)
 
 
-# -- helpers ---------------------------------------------------------------------------------------
+# -- helpers -----------------------------------------------------------------------------------
 
 
 def zarr_root(cas: CASStore) -> None:

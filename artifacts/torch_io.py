@@ -31,7 +31,9 @@ def tensor_to_numpy(name: str, tensor: Any) -> tuple[np.ndarray[Any, Any], str]:
     import torch
 
     if not isinstance(tensor, torch.Tensor):
-        raise UnsupportedInputError(f"state_dict[{name!r}] is a {type(tensor).__name__}, not a tensor")
+        raise UnsupportedInputError(
+            f"state_dict[{name!r}] is a {type(tensor).__name__}, not a tensor"
+        )
     if tensor.layout != torch.strided or tensor.is_quantized:
         raise UnsupportedInputError(f"state_dict[{name!r}]: only dense tensors are supported")
     t = tensor.detach().to("cpu").contiguous()
@@ -41,10 +43,12 @@ def tensor_to_numpy(name: str, tensor: Any) -> tuple[np.ndarray[Any, Any], str]:
     except TypeError:
         size = t.element_size()
         if size not in _UINT_OF_SIZE:
-            raise UnsupportedInputError(f"state_dict[{name!r}]: dtype {dtype_name} unsupported") from None
+            raise UnsupportedInputError(
+                f"state_dict[{name!r}]: dtype {dtype_name} unsupported"
+            ) from None
         int_dtype = getattr(torch, _INT_OF_SIZE_NAME[size])
         array = t.view(int_dtype).numpy().view(_UINT_OF_SIZE[size])
-    return np.array(array, order="C", copy=False if array.flags.c_contiguous else True), dtype_name
+    return np.array(array, order="C", copy=not array.flags.c_contiguous), dtype_name
 
 
 def numpy_to_tensor(array: np.ndarray[Any, Any], dtype_name: str) -> torch.Tensor:

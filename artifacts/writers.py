@@ -17,15 +17,15 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from artifacts.encoding import (
-    chunk_shape,
     choose_compressors,
+    chunk_shape,
     native_dtype,
     rows_per_block,
     sample_ranges,
 )
 from artifacts.zarr_store import CASStore
 
-__all__ = ["BLOCK_BYTES", "EncodeOptions", "FILE_ATTR", "write_array", "write_file"]
+__all__ = ["BLOCK_BYTES", "FILE_ATTR", "EncodeOptions", "write_array", "write_file"]
 
 BLOCK_BYTES = 64 << 20
 FILE_ATTR = "cidflow.file"
@@ -180,7 +180,7 @@ def _file_rows(
         count = (stop - start) * row_bytes
         f.seek(offset + start * row_bytes)
         buf = bytearray(count)
-        got = f.readinto(buf)
+        got = f.readinto(buf)  # type: ignore[attr-defined]
         if got != count:
             raise OSError(f"{getattr(f, 'name', 'file')} changed while being read")
         return np.frombuffer(buf, dtype=dtype).reshape((stop - start, *shape[1:]))
@@ -196,4 +196,3 @@ def _dims(name: str, ndim: int) -> list[str]:
 def array_dims(name: str, ndim: int) -> list[str]:
     """Default xarray dimension names of array ``name``: unique per array."""
     return _dims(name, ndim)
-

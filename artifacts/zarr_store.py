@@ -10,10 +10,12 @@ the changed blobs' manifest and returns the new artifact CID.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 from zarr.abc.store import (
     ByteRequest,
     OffsetByteRequest,
@@ -25,7 +27,6 @@ from zarr.core.buffer import Buffer, BufferPrototype
 
 from artifacts.blobstore import BlobStore
 from artifacts.cid import CID, as_cid
-from artifacts.errors import ManifestError
 from artifacts.manifest import (
     Ref,
     RootManifest,
@@ -66,7 +67,7 @@ class CASStore(Store):
         self._manifest: RootManifest | None = None
         self._tables: dict[str, Table] = {}
 
-    # -- identity, pickling ---------------------------------------------------------------------
+    # -- identity, pickling --------------------------------------------------------------------
     @property
     def root(self) -> CID | None:
         """The CID this store reads from (the last commit, or the base)."""
@@ -117,7 +118,7 @@ class CASStore(Store):
         other._changes = dict(self._changes)
         return other
 
-    # -- the base manifest ------------------------------------------------------------------------
+    # -- the base manifest ---------------------------------------------------------------------
     @property
     def manifest(self) -> RootManifest | None:
         """The base root manifest (loaded and validated on first use), ``None`` when empty."""
@@ -186,9 +187,7 @@ class CASStore(Store):
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
-        return list(
-            await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges))
-        )
+        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     async def exists(self, key: str) -> bool:
         return self._lookup(key) is not None
@@ -205,7 +204,7 @@ class CASStore(Store):
         if not isinstance(value, Buffer):
             raise TypeError(f"CASStore.set(): expected a Buffer, got {type(value).__name__}")
         data = value.as_numpy_array()
-        view = memoryview(data).cast("B") if data.ndim else memoryview(data.tobytes())
+        view = memoryview(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         cid = await asyncio.to_thread(self.blobs.put, view)
         self._changes[key] = Ref(cid, view.nbytes)
 
@@ -279,7 +278,7 @@ class CASStore(Store):
                         yield key
         yield from (k for k, v in self._changes.items() if v is not None)
 
-    # -- commit -----------------------------------------------------------------------------------
+    # -- commit --------------------------------------------------------------------------------
     def commit(self, kind: str | None = None, attrs: dict[str, Any] | None = None) -> CID:
         """Write the manifest of the current state; return (and move to) the new root CID.
 
@@ -312,9 +311,9 @@ class CASStore(Store):
         self._kind, self._attrs = kind, attrs
         return root
 
-    def _array_paths(self, state: dict[str, Ref]) -> set[str]:
+    def _array_paths(self, state: dict[str, Ref]) -> builtins.set[str]:
         """Paths of zarr arrays in ``state``: their chunk keys are grouped in their own table."""
-        arrays: set[str] = set()
+        arrays: builtins.set[str] = builtins.set()
         for key, ref in state.items():
             if key != _META and not key.endswith("/" + _META):
                 continue
@@ -329,7 +328,9 @@ class CASStore(Store):
         return arrays
 
 
-def _split_group(key: str, groups: Iterable[str] | dict[str, Any] | set[str]) -> tuple[str, str]:
+def _split_group(
+    key: str, groups: Iterable[str] | dict[str, Any] | builtins.set[str]
+) -> tuple[str, str]:
     """The table a key belongs to (its longest array prefix, else ``""``) and its relative key."""
     if key == _META or key.endswith("/" + _META):
         return "", key
@@ -351,11 +352,3 @@ def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
     if isinstance(byte_range, SuffixByteRequest):
         return data[-byte_range.suffix :] if byte_range.suffix else b""
     raise TypeError(f"Unexpected byte_range, got {byte_range}")
-
-
-def check_manifest_keys(store: CASStore) -> None:
-    """Validate every key of ``store``'s base (raises :class:`ManifestError` on the first bad one)."""
-    for key, _ in store._base_items():
-        validate_key(key, cid=store.root)
-    if store.manifest is None:
-        raise ManifestError(None, "store has no root")

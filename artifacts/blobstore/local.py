@@ -69,7 +69,12 @@ class LocalBlobStore(BlobStore):
         return hash((self.root, self.read_only, self.hash_name))
 
     def __getstate__(self) -> dict[str, object]:
-        return {"root": self.root, "read_only": self.read_only, "hash": self.hash_name, "fsync": self._fsync}
+        return {
+            "root": self.root,
+            "read_only": self.read_only,
+            "hash": self.hash_name,
+            "fsync": self._fsync,
+        }
 
     def __setstate__(self, state: dict[str, object]) -> None:
         root = state["root"]
@@ -83,7 +88,7 @@ class LocalBlobStore(BlobStore):
         text = str(as_cid(cid))
         return self._blobs / text[-3:-1] / text
 
-    # -- primitives ---------------------------------------------------------------------------
+    # -- primitives ----------------------------------------------------------------------------
     def _read(self, cid: CID) -> bytes:
         try:
             with open(self.path_of(cid), "rb") as f:
@@ -165,7 +170,7 @@ class LocalBlobStore(BlobStore):
                 if entry.name[-3:-1] == fan.name:
                     yield cid
 
-    # -- maintenance --------------------------------------------------------------------------
+    # -- maintenance ---------------------------------------------------------------------------
     def temp_files(self) -> list[Path]:
         """Temporary files currently present (writes in progress or left by a crash)."""
         try:

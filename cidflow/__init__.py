@@ -1,0 +1,58 @@
+"""cidflow: an orchestrator for decentralized AI built on content-addressed artifacts.
+
+The public API is re-exported here lazily, so ``import cidflow`` (and ``cidflow --help``) stays
+fast: heavy modules (zarr, numpy, torch) load on first use of a name that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "CID": "artifacts.cid",
+    "cid_of": "artifacts.cid",
+    "Artifact": "artifacts.artifact",
+    "ArtifactStore": "artifacts.store",
+    "ArtifactSettings": "artifacts.settings",
+    "CASStore": "artifacts.zarr_store",
+    "LocalBlobStore": "artifacts.blobstore",
+    "MemoryBlobStore": "artifacts.blobstore",
+    "ArtifactError": "artifacts.errors",
+    "ArtifactNotFoundError": "artifacts.errors",
+    "CorruptBlobError": "artifacts.errors",
+    "InvalidCIDError": "artifacts.errors",
+    "ManifestError": "artifacts.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from artifacts.artifact import Artifact as Artifact
+    from artifacts.blobstore import LocalBlobStore as LocalBlobStore
+    from artifacts.blobstore import MemoryBlobStore as MemoryBlobStore
+    from artifacts.cid import CID as CID
+    from artifacts.cid import cid_of as cid_of
+    from artifacts.errors import ArtifactError as ArtifactError
+    from artifacts.errors import ArtifactNotFoundError as ArtifactNotFoundError
+    from artifacts.errors import CorruptBlobError as CorruptBlobError
+    from artifacts.errors import InvalidCIDError as InvalidCIDError
+    from artifacts.errors import ManifestError as ManifestError
+    from artifacts.settings import ArtifactSettings as ArtifactSettings
+    from artifacts.store import ArtifactStore as ArtifactStore
+    from artifacts.zarr_store import CASStore as CASStore
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cidflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

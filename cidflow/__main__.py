@@ -1,0 +1,3 @@
+from cidflow.cli import main
+
+main()
