@@ -43,7 +43,7 @@ from artifacts.errors import (
 )
 from artifacts.manifest import validate_key
 from artifacts.settings import ArtifactSettings
-from artifacts.writers import FILE_ATTR, EncodeOptions, array_dims, write_array, write_file
+from artifacts.writers import EncodeOptions, array_dims, write_array, write_file
 from artifacts.zarr_store import CASStore
 
 __all__ = ["ArtifactInfo", "ArtifactStore", "GCReport", "StoreStats", "VerifyReport"]
@@ -301,8 +301,7 @@ class ArtifactStore:
         with self.session() as cas:
             zarr_root(cas)
             for index, (rel, source) in enumerate(files):
-                entry = write_file(cas, index, source, rel, options=self.options, progress=progress)
-                _set_file_attr(cas, f"files/{index}", entry)
+                write_file(cas, index, source, rel, options=self.options, progress=progress)
             return self._commit(cas, "files", attrs, str(root.absolute()), pin)
 
     def update(
@@ -511,13 +510,6 @@ def zarr_root(cas: CASStore) -> None:
     import zarr
 
     zarr.open_group(cas, mode="a")
-
-
-def _set_file_attr(cas: CASStore, node: str, entry: dict[str, Any]) -> None:
-    import zarr
-
-    array = zarr.open_array(cas, path=node, mode="r+")
-    array.attrs[FILE_ATTR] = entry
 
 
 def _delete_node(cas: CASStore, name: str) -> None:

@@ -141,6 +141,7 @@ def write_file(
                 ["bytes", base64.b64encode(layout.header).decode("ascii")],
                 ["array", node],
             ]
+            entry = {"path": rel_path, "size": size, "segments": segments}
             offset = len(layout.header)
             row = layout.dtype.itemsize * int(np.prod(layout.shape[1:], dtype=np.int64))
             write_array(
@@ -150,12 +151,16 @@ def write_file(
                 dtype=layout.dtype,
                 read_rows=_file_rows(f, offset, row, layout.dtype, layout.shape),
                 options=options,
-                attributes={ARRAY_ATTR: {"dtype": layout.dtype.str, "path": rel_path}},
+                attributes={
+                    ARRAY_ATTR: {"dtype": layout.dtype.str, "path": rel_path},
+                    FILE_ATTR: entry,
+                },
                 dimension_names=_dims(rel_path, len(layout.shape)),
                 progress=progress,
             )
         else:
             segments = [["array", node]]
+            entry = {"path": rel_path, "size": size, "segments": segments}
             write_array(
                 cas,
                 node,
@@ -163,11 +168,11 @@ def write_file(
                 dtype=np.dtype("u1"),
                 read_rows=_file_rows(f, 0, 1, np.dtype("u1"), (size,)),
                 options=options,
-                attributes={ARRAY_ATTR: {"dtype": "|u1", "path": rel_path}},
+                attributes={ARRAY_ATTR: {"dtype": "|u1", "path": rel_path}, FILE_ATTR: entry},
                 dimension_names=["byte"],
                 progress=progress,
             )
-    return {"path": rel_path, "size": size, "segments": segments}
+    return entry
 
 
 def _file_rows(

@@ -254,10 +254,12 @@ def ls(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("cid", "kind", "size", "pinned", "created", "source")
+    table = Table("kind", "size", "pinned", "created", "source")
+    table.add_column("cid", no_wrap=True)
     for a in items:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created))
-        table.add_row(a.cid, a.kind, _size(a.size), "yes" if a.pinned else "", created, a.source)
+        source = os.path.basename(a.source) if os.sep in a.source else a.source
+        table.add_row(a.kind, _size(a.size), "yes" if a.pinned else "", created, source, a.cid)
     Console().print(table)
 
 
