@@ -7,6 +7,7 @@ receipts and registry entries are all encoded this way, so equal values give equ
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 __all__ = ["canonical_json", "loads_strict"]
@@ -26,6 +27,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"JSON number {text} does not fit in a finite float")
+    return value
+
+
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -38,4 +46,9 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def loads_strict(data: bytes) -> Any:
     """Parse JSON bytes strictly: UTF-8 only, no NaN/Infinity, no duplicate keys."""
     text = data.decode("utf-8")
-    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+    return json.loads(
+        text,
+        parse_constant=_reject_constant,
+        parse_float=_finite_float,
+        object_pairs_hook=_unique_object,
+    )

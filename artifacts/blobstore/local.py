@@ -29,6 +29,8 @@ __all__ = ["LocalBlobStore"]
 
 _TMP_SUFFIX = ".incomplete"
 _STALE_TMP_SECONDS = 24 * 3600
+# Tells this process's temp files from those of a dead process that had the same pid.
+_PROCESS_TOKEN = secrets.token_hex(4)
 
 
 class LocalBlobStore(BlobStore):
@@ -104,15 +106,16 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             pass
         else:
-            if st.st_size == size:
-                # Already stored: refresh the time so a concurrent gc's grace period covers it.
+            if st.st_size == size and _same_bytes(final, data):
+                # Already stored intact: refresh the time so a concurrent gc's grace period
+                # covers it.
                 with contextlib.suppress(FileNotFoundError):
                     os.utime(final)
                 if final.exists():
                     return
-            # A truncated or zero-length leftover is replaced by the fresh, verified bytes.
+            # A damaged leftover (wrong size or wrong bytes) is replaced by the verified bytes.
         final.parent.mkdir(exist_ok=True)
-        tmp = self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}{_TMP_SUFFIX}"
+        tmp = self._tmp / f"{os.getpid()}-{_PROCESS_TOKEN}{secrets.token_hex(8)}{_TMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             try:
@@ -183,11 +186,15 @@ class LocalBlobStore(BlobStore):
         removed = 0
         now = time.time()
         for path in self.temp_files():
-            pid_text = path.name.split("-", 1)[0]
+            pid_text, _, rest = path.name.partition("-")
             try:
-                alive = _pid_alive(int(pid_text)) and int(pid_text) != os.getpid()
+                pid = int(pid_text)
             except ValueError:
                 alive = False
+            else:
+                # Our own pid: ours only with our token (another store in this process may be
+                # writing it); without it, a dead process that had the same pid (containers).
+                alive = rest.startswith(_PROCESS_TOKEN) if pid == os.getpid() else _pid_alive(pid)
             try:
                 old = now - path.stat().st_mtime > older_than
             except FileNotFoundError:
@@ -197,6 +204,15 @@ class LocalBlobStore(BlobStore):
                     path.unlink()
                     removed += 1
         return removed
+
+
+def _same_bytes(path: Path, data: bytes | memoryview) -> bool:
+    """Whether the file at ``path`` holds exactly ``data`` (cheaper than re-hashing it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read() == data
+    except FileNotFoundError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
