@@ -132,6 +132,8 @@ class Artifact:
             name = path
             if self.kind == "files":
                 meta = attributes.get(ARRAY_ATTR, {})
+                if meta.get("raw"):
+                    continue  # the bytes of a plain file (or of zip structure): not an array
                 name = meta.get("path", path)
             elif self.kind == "state_dict" and TENSOR_ATTR in attributes:
                 name = attributes[TENSOR_ATTR]["name"]

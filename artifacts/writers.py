@@ -9,6 +9,8 @@ which concatenate back to the exact original bytes on export.
 from __future__ import annotations
 
 import base64
+import struct
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +103,9 @@ class NpyLayout:
     dtype: np.dtype[Any]
 
 
-def read_npy_layout(f: BinaryIO, size: int) -> NpyLayout | None:
-    """The header of a C-order numeric ``.npy`` file whose data fills the rest, else ``None``."""
+def read_npy_layout(f: BinaryIO, start: int, size: int) -> NpyLayout | None:
+    """The header of a C-order numeric npy image at ``start`` filling ``size`` bytes, or None."""
+    f.seek(start)
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -113,13 +116,49 @@ def read_npy_layout(f: BinaryIO, size: int) -> NpyLayout | None:
             return None
     except (ValueError, OSError, SyntaxError, TypeError):
         return None
-    offset = f.tell()
+    header = f.tell() - start
     if fortran or dtype.hasobject or dtype.kind not in "biufc" or dtype.fields or dtype.subdtype:
         return None
-    if offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != size:
+    if header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != size:
         return None
-    f.seek(0)
-    return NpyLayout(f.read(offset), tuple(int(n) for n in shape), dtype)
+    f.seek(start)
+    return NpyLayout(f.read(header), tuple(int(n) for n in shape), dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class _Region:
+    """A byte range of a file: raw bytes, or an npy image (header + array data)."""
+
+    start: int
+    end: int
+    npy: NpyLayout | None = None
+    name: str = ""
+
+
+def _npz_regions(f: BinaryIO, size: int) -> list[_Region] | None:
+    """The stored (uncompressed) ``.npy`` members of a zip, in file order; None if none."""
+    try:
+        with zipfile.ZipFile(f) as zf:
+            infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    regions: list[_Region] = []
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+            continue
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        end = start + info.compress_size
+        if end > size or (regions and start < regions[-1].end):
+            return None
+        layout = read_npy_layout(f, start, info.compress_size)
+        if layout is not None:
+            regions.append(_Region(start, end, layout, info.filename.removesuffix(".npy")))
+    return regions or None
 
 
 def write_file(
@@ -131,48 +170,139 @@ def write_file(
     options: EncodeOptions,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Store one file as array(s) ``files/<index>``; return its file entry."""
+    """Store one file under node ``files/<index>``; return its file entry.
+
+    A plain file is one ``uint8`` array; an ``.npy`` file is its header plus a typed array; an
+    ``.npz`` whose members are stored uncompressed keeps its zip structure as small byte
+    segments and each member as a typed array. Concatenated, the segments are the file.
+    """
     size = source.stat().st_size
     node = f"files/{index}"
+    suffix = source.suffix.lower()
     with open(source, "rb") as f:
-        layout = read_npy_layout(f, size) if source.suffix.lower() == ".npy" else None
-        if layout is not None:
-            segments: list[list[str]] = [
-                ["bytes", base64.b64encode(layout.header).decode("ascii")],
-                ["array", node],
-            ]
-            entry = {"path": rel_path, "size": size, "segments": segments}
-            offset = len(layout.header)
-            row = layout.dtype.itemsize * int(np.prod(layout.shape[1:], dtype=np.int64))
-            write_array(
-                cas,
-                node,
-                shape=layout.shape,
-                dtype=layout.dtype,
-                read_rows=_file_rows(f, offset, row, layout.dtype, layout.shape),
-                options=options,
-                attributes={
-                    ARRAY_ATTR: {"dtype": layout.dtype.str, "path": rel_path},
-                    FILE_ATTR: entry,
-                },
-                dimension_names=_dims(rel_path, len(layout.shape)),
-                progress=progress,
-            )
-        else:
-            segments = [["array", node]]
-            entry = {"path": rel_path, "size": size, "segments": segments}
-            write_array(
-                cas,
-                node,
-                shape=(size,),
-                dtype=np.dtype("u1"),
-                read_rows=_file_rows(f, 0, 1, np.dtype("u1"), (size,)),
-                options=options,
-                attributes={ARRAY_ATTR: {"dtype": "|u1", "path": rel_path}, FILE_ATTR: entry},
-                dimension_names=["byte"],
-                progress=progress,
-            )
+        regions: list[_Region] | None = None
+        if suffix == ".npy":
+            layout = read_npy_layout(f, 0, size)
+            regions = [_Region(0, size, layout)] if layout else None
+        elif suffix == ".npz":
+            regions = _npz_regions(f, size)
+        if not regions:
+            entry = {"path": rel_path, "size": size, "segments": [["array", node]]}
+            _write_range(cas, f, node, 0, size, rel_path, entry, options, progress)
+            return entry
+        if len(regions) == 1 and regions[0].start == 0 and regions[0].end == size:
+            layout = regions[0].npy
+            assert layout is not None
+            header = base64.b64encode(layout.header).decode("ascii")
+            entry = {
+                "path": rel_path,
+                "size": size,
+                "segments": [["bytes", header], ["array", node]],
+            }
+            _write_npy(cas, f, node, 0, layout, rel_path, entry, options, progress)
+            return entry
+        # An archive: the node is a group holding one array per member (and big gaps).
+        import zarr
+
+        segments: list[list[str]] = []
+        pos = 0
+        pieces: list[tuple[str, _Region]] = []
+        for k, region in enumerate(regions):
+            layout = region.npy
+            assert layout is not None
+            gap_end = region.start + len(layout.header)
+            segments += _gap_segments(f, node, f"g{k}", pos, gap_end, pieces)
+            member = f"{node}/{k}"
+            segments.append(["array", member])
+            pieces.append((member, region))
+            pos = region.end
+        segments += _gap_segments(f, node, "tail", pos, size, pieces)
+        entry = {"path": rel_path, "size": size, "segments": segments}
+        zarr.create_group(cas, path=node, attributes={FILE_ATTR: entry}, overwrite=True)
+        for member, region in pieces:
+            if region.npy is None:
+                _write_range(
+                    cas, f, member, region.start, region.end, None, None, options, progress
+                )
+            else:
+                name = f"{rel_path}/{region.name}"
+                _write_npy(cas, f, member, region.start, region.npy, name, None, options, progress)
     return entry
+
+
+_INLINE_GAP = 64 << 10
+
+
+def _gap_segments(
+    f: BinaryIO, node: str, label: str, start: int, end: int, pieces: list[tuple[str, _Region]]
+) -> list[list[str]]:
+    """Bytes between members: inline when small, else a uint8 array written later."""
+    if end <= start:
+        return []
+    if end - start <= _INLINE_GAP:
+        f.seek(start)
+        return [["bytes", base64.b64encode(f.read(end - start)).decode("ascii")]]
+    member = f"{node}/{label}"
+    pieces.append((member, _Region(start, end)))
+    return [["array", member]]
+
+
+def _write_npy(
+    cas: CASStore,
+    f: BinaryIO,
+    node: str,
+    start: int,
+    layout: NpyLayout,
+    name: str,
+    entry: dict[str, Any] | None,
+    options: EncodeOptions,
+    progress: Progress | None,
+) -> None:
+    offset = start + len(layout.header)
+    row = layout.dtype.itemsize * int(np.prod(layout.shape[1:], dtype=np.int64))
+    attributes: dict[str, Any] = {ARRAY_ATTR: {"dtype": layout.dtype.str, "path": name}}
+    if entry is not None:
+        attributes[FILE_ATTR] = entry
+    write_array(
+        cas,
+        node,
+        shape=layout.shape,
+        dtype=layout.dtype,
+        read_rows=_file_rows(f, offset, row, layout.dtype, layout.shape),
+        options=options,
+        attributes=attributes,
+        dimension_names=_dims(name, len(layout.shape)),
+        progress=progress,
+    )
+
+
+def _write_range(
+    cas: CASStore,
+    f: BinaryIO,
+    node: str,
+    start: int,
+    end: int,
+    name: str | None,
+    entry: dict[str, Any] | None,
+    options: EncodeOptions,
+    progress: Progress | None,
+) -> None:
+    attributes: dict[str, Any] = {ARRAY_ATTR: {"dtype": "|u1", "raw": True}}
+    if name is not None:
+        attributes[ARRAY_ATTR]["path"] = name
+    if entry is not None:
+        attributes[FILE_ATTR] = entry
+    write_array(
+        cas,
+        node,
+        shape=(end - start,),
+        dtype=np.dtype("u1"),
+        read_rows=_file_rows(f, start, 1, np.dtype("u1"), (end - start,)),
+        options=options,
+        attributes=attributes,
+        dimension_names=["byte"],
+        progress=progress,
+    )
 
 
 def _file_rows(
