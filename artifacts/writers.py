@@ -9,9 +9,12 @@ which concatenate back to the exact original bytes on export.
 from __future__ import annotations
 
 import base64
+import itertools
+import os
 import struct
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -66,31 +69,105 @@ def write_array(
         ]
     else:
         samples = [np.asarray(read_rows(0, 1), dtype=dtype).tobytes()]
+    compressors = choose_compressors(samples, options.zstd_level)
     array = zarr.create_array(
         cas,
         name=path,
         shape=shape,
         dtype=dtype,
         chunks=chunks if shape else (),
-        compressors=choose_compressors(samples, options.zstd_level),
+        compressors=compressors,
         filters=None,
         fill_value=0,
         attributes=attributes or {},
         dimension_names=list(dimension_names) if dimension_names is not None else None,
         overwrite=True,
     )
+    encoder = _ChunkEncoder(
+        cas, path, array.metadata, chunks, dtype, options if compressors else None
+    )
     if not shape:
-        array[...] = np.asarray(read_rows(0, 1), dtype=dtype).reshape(())
+        encoder.store(encoder.key(()), np.asarray(read_rows(0, 1), dtype=dtype).reshape(()))
         if progress:
             progress(dtype.itemsize)
         return
     step = rows_per_block(shape, chunks, dtype.itemsize, BLOCK_BYTES)
-    for start in range(0, shape[0], step):
-        stop = min(shape[0], start + step)
-        block = np.asarray(read_rows(start, stop), dtype=dtype)
-        array[start:stop] = block
-        if progress:
-            progress(block.nbytes)
+    workers = min(8, (os.cpu_count() or 2) + 2)
+    with ThreadPoolExecutor(workers, thread_name_prefix="cidflow-chunk") as pool:
+        pending: list[Future[None]] = []
+        for start in range(0, shape[0], step):
+            stop = min(shape[0], start + step)
+            block = np.asarray(read_rows(start, stop), dtype=dtype)  # overlaps the last block's
+            for future in pending:  # encoding; at most two blocks are ever held
+                future.result()
+            pending = [
+                pool.submit(encoder.store, key, piece)
+                for key, piece in encoder.pieces(block, start, shape)
+            ]
+            if progress:
+                progress(block.nbytes)
+        for future in pending:
+            future.result()
+
+
+class _ChunkEncoder:
+    """Encodes chunks exactly as zarr's own pipeline does (bytes codec, little endian, edge
+    chunks padded with the fill value 0, then optional zstd) and stores them by CID.
+
+    Writing chunks directly rather than through ``array[...] = block`` is several times faster
+    (zarr's async write path copies and compares every chunk); a test checks that both give
+    the same blobs. A chunk whose bytes are all zero is not stored (it reads back as the fill
+    value), as zarr does, but unlike zarr a chunk of ``-0.0`` is kept bit-for-bit.
+    """
+
+    def __init__(
+        self,
+        cas: CASStore,
+        path: str,
+        metadata: Any,
+        chunks: tuple[int, ...],
+        dtype: np.dtype[Any],
+        zstd: EncodeOptions | None,
+    ) -> None:
+        import numcodecs
+
+        self._cas = cas
+        self._prefix = f"{path}/" if path else ""
+        self._metadata = metadata
+        self._chunks = chunks
+        self._dtype = dtype.newbyteorder("<") if dtype.byteorder not in ("|",) else dtype
+        self._zstd = numcodecs.Zstd(level=zstd.zstd_level, checksum=False) if zstd else None
+
+    def key(self, coords: tuple[int, ...]) -> str:
+        return self._prefix + str(self._metadata.encode_chunk_key(coords))
+
+    def pieces(
+        self, block: np.ndarray[Any, Any], row0: int, shape: tuple[int, ...]
+    ) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
+        """(key, view) for every chunk inside ``block`` (rows ``row0``.., chunk-aligned)."""
+        ranges = [range(row0 // self._chunks[0], -(-(row0 + len(block)) // self._chunks[0]))]
+        ranges += [range(-(-n // c)) for n, c in zip(shape[1:], self._chunks[1:], strict=True)]
+        for coords in itertools.product(*ranges):
+            index = tuple(
+                slice(i * c - (row0 if axis == 0 else 0), (i + 1) * c - (row0 if axis == 0 else 0))
+                for axis, (i, c) in enumerate(zip(coords, self._chunks, strict=True))
+            )
+            yield self.key(coords), block[index]
+
+    def store(self, key: str, piece: np.ndarray[Any, Any]) -> None:
+        if piece.shape != self._chunks:
+            padded = np.zeros(self._chunks, dtype=self._dtype)
+            padded[tuple(slice(0, n) for n in piece.shape)] = piece
+            raw = padded
+        else:
+            raw = np.ascontiguousarray(piece, dtype=self._dtype)
+        flat = raw.reshape(-1).view(np.uint8)
+        if not flat.any():
+            return
+        data: Any = memoryview(flat)  # type: ignore[arg-type]
+        if self._zstd is not None:
+            data = self._zstd.encode(data)
+        self._cas.set_blob(key, data)
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from zarr.abc.store import (
     Store,
     SuffixByteRequest,
 )
-from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from artifacts.blobstore import BlobStore
 from artifacts.cid import CID, as_cid
@@ -207,6 +207,36 @@ class CASStore(Store):
         view = memoryview(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         cid = await asyncio.to_thread(self.blobs.put, view)
         self._changes[key] = Ref(cid, view.nbytes)
+
+    def set_blob(self, key: str, data: bytes | memoryview) -> Ref:
+        """Store ``data`` as the (already encoded) value of ``key``; thread-safe, synchronous."""
+        self._check_writable()
+        validate_key(key)
+        ref = Ref(self.blobs.put(data), len(data) if isinstance(data, bytes) else data.nbytes)
+        self._changes[key] = ref
+        return ref
+
+    # -- zarr's synchronous protocol (SupportsGetSync / SetSync / DeleteSync) -----------------
+    def get_sync(
+        self,
+        key: str,
+        *,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        ref = self._lookup(key)
+        if ref is None:
+            return None
+        prototype = prototype or default_buffer_prototype()
+        return prototype.buffer.from_bytes(_slice(self.blobs.get(ref.cid), byte_range))
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self.set_blob(key, value.to_bytes())
+
+    def delete_sync(self, key: str) -> None:
+        self._check_writable()
+        if self._lookup(key) is not None:
+            self._changes[key] = None
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         if self._lookup(key) is None:

@@ -144,7 +144,7 @@ def add(ctx: click.Context, path: str, attrs: tuple[str, ...], no_pin: bool, as_
     for item in attrs:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--attr")
+            raise ValueError(f"--attr {item!r} is not KEY=VALUE")
         parsed[key] = value
     store = _store(ctx)
     skipped: list[str] = []
