@@ -187,7 +187,7 @@ def add(ctx: click.Context, path: str, attrs: tuple[str, ...], no_pin: bool, as_
 @click.pass_context
 def show(ctx: click.Context, cid: str, as_json: bool) -> None:
     """Show an artifact: kind, attributes, arrays and files."""
-    art = _store(ctx, read_only=_exists(ctx)).open_artifact(cid)
+    art = _store(ctx, read_only=True).open_artifact(cid)
     arrays = {name: info.as_json() for name, info in art.arrays().items()}
     entries = art.files() if art.kind == "files" else []
     files: list[dict[str, Any]] = [{"path": f.path, "size": f.size} for f in entries]
@@ -235,7 +235,7 @@ def _exists(ctx: click.Context) -> bool:
 @click.pass_context
 def get(ctx: click.Context, cid: str, out: str, force: bool) -> None:
     """Export an artifact into folder OUT (nothing is written if any blob is bad)."""
-    store = _store(ctx, read_only=_exists(ctx))
+    store = _store(ctx, read_only=True)
     art = store.open_artifact(cid)
     with _progress(f"exporting {str(art.cid)[:16]}…", art.size, True) as advance:
         paths = art.export(out, overwrite=force, progress=advance)
@@ -272,7 +272,7 @@ def verify(ctx: click.Context, cids: tuple[str, ...], as_json: bool) -> None:
     from artifacts.cid import as_cid
 
     parsed = [as_cid(c) for c in cids]  # a malformed CID is an error, not a problem report
-    store = _store(ctx, read_only=_exists(ctx))
+    store = _store(ctx, read_only=True)
     with _progress("verifying", None, not as_json) as advance:
         report = store.verify(parsed or None, progress=advance)
     if as_json:
@@ -333,7 +333,7 @@ def gc(ctx: click.Context, dry_run: bool, grace: float | None, as_json: bool) ->
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Blobs, bytes and the deduplication ratio of this home."""
-    s = _store(ctx, read_only=_exists(ctx)).stats() if _exists(ctx) else None
+    s = _store(ctx, read_only=True).stats() if _exists(ctx) else None
     data = s.as_json() if s else {
         "artifacts": 0, "pinned": 0, "blobs": 0, "stored_bytes": 0,
         "logical_bytes": 0, "dedup_ratio": 1.0,
