@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from artifacts.blobstore import MemoryBlobStore
-from artifacts.encoding import chunk_shape, choose_compressors, sample_ranges
+from artifacts.encoding import choose_compressors, chunk_shape, sample_ranges
 from artifacts.writers import EncodeOptions, write_array
 from artifacts.zarr_store import CASStore
 
@@ -90,6 +90,7 @@ def test_codec_choice_depends_on_the_data_only() -> None:
     assert choose_compressors([noise], 3) is None
     zeros = bytes(1 << 16)
     chosen = choose_compressors([zeros], 3)
-    assert chosen is not None and chosen[0].to_dict()["name"] == "zstd"
+    assert chosen is not None
+    assert chosen[0].to_dict()["name"] == "zstd"
     assert sample_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert sample_ranges(0, 4) == []
