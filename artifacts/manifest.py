@@ -179,20 +179,26 @@ def _nonneg(cid: CID, value: object, what: str) -> int:
     return value
 
 
-def _parse_entries(cid: CID, raw: object) -> tuple[list[str], list[Ref]]:
+def _sorted_rows(cid: CID, raw: object, shape: str) -> list[list[Any]]:
+    """Rows ``[key, cid, ...]`` of length ``len(shape.split(','))``, strictly sorted by key."""
+    width = len(shape.split(","))
     if not isinstance(raw, list):
-        raise ManifestError(cid, "entries must be a list")
-    keys: list[str] = []
-    refs: list[Ref] = []
+        raise ManifestError(cid, f"expected a list of [{shape}]")
+    previous: str | None = None
     for item in raw:
-        if not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], str):
-            raise ManifestError(cid, "an entry is [key, cid, size]")
+        if not isinstance(item, list) or len(item) != width or not isinstance(item[0], str):
+            raise ManifestError(cid, f"a row is [{shape}]")
         key = validate_key(item[0], cid=cid)
-        if keys and key <= keys[-1]:
-            raise ManifestError(cid, f"entries not strictly sorted at {key!r}")
-        keys.append(key)
-        refs.append(Ref(_parse_cid(cid, item[1]), _nonneg(cid, item[2], "size")))
-    return keys, refs
+        if previous is not None and key <= previous:
+            raise ManifestError(cid, f"rows not strictly sorted at {key!r}")
+        previous = key
+    return raw
+
+
+def _parse_entries(cid: CID, raw: object) -> tuple[list[str], list[Ref]]:
+    rows = _sorted_rows(cid, raw, "key, cid, size")
+    refs = [Ref(_parse_cid(cid, r[1]), _nonneg(cid, r[2], "size")) for r in rows]
+    return [r[0] for r in rows], refs
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -282,17 +288,9 @@ class Table:
         if set(obj) == {"format", "entries"}:
             keys, refs = _parse_entries(cid, obj["entries"])
             parsed = (keys, refs, True)
-        elif set(obj) == {"format", "children"} and isinstance(obj["children"], list):
-            keys, children = [], []
-            for item in obj["children"]:
-                if not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], str):
-                    raise ManifestError(cid, "a child is [first_key, cid, count, bytes]")
-                key = validate_key(item[0], cid=cid)
-                if keys and key <= keys[-1]:
-                    raise ManifestError(cid, f"children not strictly sorted at {key!r}")
-                keys.append(key)
-                children.append(_parse_cid(cid, item[1]))
-            parsed = (keys, children, False)
+        elif set(obj) == {"format", "children"}:
+            rows = _sorted_rows(cid, obj["children"], "first_key, cid, count, bytes")
+            parsed = ([r[0] for r in rows], [_parse_cid(cid, r[1]) for r in rows], False)
         else:
             raise ManifestError(cid, "a table node has 'entries' or 'children'")
         self._nodes[cid] = parsed

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import MiB, snapshot
 
 from artifacts.blobstore import LocalBlobStore
 from artifacts.canonical import canonical_json, loads_strict
@@ -39,28 +40,7 @@ from artifacts.settings import ArtifactSettings
 from artifacts.store import ArtifactStore
 from artifacts.writers import ARRAY_ATTR, FILE_ATTR
 
-MiB = 1 << 20
-
-
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything under ``root``: type, size, mode, mtime and (small files) content hash."""
-    out: dict[str, tuple[Any, ...]] = {}
-    if not root.exists():
-        return out
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = ("link", os.readlink(p))
-        elif p.is_dir():
-            out[rel] = ("dir", st.st_mode)
-        else:
-            digest = hashlib.sha256(p.read_bytes()).hexdigest() if st.st_size <= MiB else None
-            out[rel] = ("file", st.st_size, st.st_mode, st.st_mtime_ns, digest)
-    return out
 
 
 def blob_files(home: Path) -> list[Path]:

@@ -6,7 +6,6 @@ the export destination's parent) exactly as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import snapshot
 
 from artifacts.blobstore import LocalBlobStore
 from artifacts.canonical import canonical_json, loads_strict
@@ -24,6 +24,11 @@ from artifacts.cid import CID, compute_cid
 from artifacts.manifest import ARTIFACT_FORMAT
 from artifacts.store import ArtifactStore
 from artifacts.writers import ARRAY_ATTR, FILE_ATTR
+
+
+def snapshot_all(root: Path) -> dict[str, tuple[Any, ...]]:
+    return snapshot(root, hash_limit=None)
+
 
 MiB = 1 << 20
 
@@ -34,22 +39,6 @@ MiB = 1 << 20
 def run_cli(home: Path, *args: object) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "cidflow", "--home", str(home), *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything under ``root``: type, size, mode, mtime and content hash."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = ("link", os.readlink(p))
-        elif p.is_dir():
-            out[rel] = ("dir", st.st_mode)
-        else:
-            digest = hashlib.sha256(p.read_bytes()).hexdigest()
-            out[rel] = ("file", st.st_size, st.st_mode, st.st_mtime_ns, digest)
-    return out
 
 
 def one_error_line(
@@ -130,34 +119,34 @@ MALFORMED_CALLS = [
 
 @pytest.mark.parametrize("call", MALFORMED_CALLS, ids=[c[0] for c in MALFORMED_CALLS])
 def test_malformed_cid(home: Path, added: CID, tmp_path: Path, call: tuple[str, ...]) -> None:
-    before = snapshot(home)
+    before = snapshot_all(home)
     out = tmp_path / "out"
     args = [out if a == "OUT" else a for a in call]
     one_error_line(run_cli(home, *args), "invalid CID")
     assert not out.exists()
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
 
 
 @pytest.mark.parametrize("command", ["show", "get", "pin"])
 def test_unknown_cid(home: Path, added: CID, tmp_path: Path, command: str) -> None:
     unknown = str(compute_cid(b"never stored", codec="json"))
-    before = snapshot(home)
+    before = snapshot_all(home)
     out = tmp_path / "out"
     args = [command, unknown, out] if command == "get" else [command, unknown]
     one_error_line(run_cli(home, *args), unknown, "not found")
     assert not out.exists()
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
 
 
 def test_verify_of_an_unknown_cid_names_it(home: Path, added: CID) -> None:
     unknown = str(compute_cid(b"never stored", codec="json"))
-    before = snapshot(home)
+    before = snapshot_all(home)
     result = run_cli(home, "verify", unknown)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert len(lines) == 1, result.stdout
     assert lines[0].startswith(f"BAD {unknown}: ")
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
 
 
 # -- damaged blobs ---------------------------------------------------------------------------------
@@ -168,7 +157,7 @@ def test_flipped_byte_is_named_by_verify_and_get_writes_nothing(
 ) -> None:
     bad = chunk_cid(home, added, "data.bin")
     damage_blob(LocalBlobStore(home).path_of(bad), "flip")
-    before = snapshot(home)
+    before = snapshot_all(home)
 
     result = run_cli(home, "verify")
     assert result.returncode == 1
@@ -185,7 +174,7 @@ def test_flipped_byte_is_named_by_verify_and_get_writes_nothing(
     one_error_line(run_cli(home, "get", added, empty), str(bad))
     assert os.listdir(empty) == []
     assert os.listdir(exports) == ["empty"]
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
 
 
 @pytest.mark.parametrize("how", ["truncate", "empty"])
@@ -194,7 +183,7 @@ def test_truncated_or_empty_blob_is_reported_then_repaired_by_add(
 ) -> None:
     bad = chunk_cid(home, added, "table.npy")
     damage_blob(LocalBlobStore(home).path_of(bad), how)
-    before = snapshot(home)
+    before = snapshot_all(home)
 
     result = run_cli(home, "verify")
     assert result.returncode == 1
@@ -202,7 +191,7 @@ def test_truncated_or_empty_blob_is_reported_then_repaired_by_add(
     one_error_line(run_cli(home, "get", added, tmp_path / "out"), str(bad))
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".*.incomplete"))
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
 
     result = run_cli(home, "add", src)
     assert result.returncode == 0, result.stderr
@@ -269,12 +258,12 @@ def test_forged_manifest_is_refused(
     exports = tmp_path / "exports"
     exports.mkdir()
     listing = sorted(os.listdir(tmp_path))
-    before = snapshot(home)
+    before = snapshot_all(home)
     args = [command, forged, exports / "out"] if command == "get" else [command, forged]
     one_error_line(run_cli(home, *args), str(forged), "unsafe path")
     assert os.listdir(exports) == []
     assert sorted(os.listdir(tmp_path)) == listing
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
 
 
 # -- symbolic links --------------------------------------------------------------------------------
@@ -315,35 +304,35 @@ def test_add_does_not_follow_symlinks_out_of_the_folder(home: Path, tmp_path: Pa
 
 
 def test_attr_without_equals_sign(home: Path, added: CID, src: Path) -> None:
-    before = snapshot(home)
+    before = snapshot_all(home)
     result = run_cli(home, "add", "--attr", "licence", src)
     line = one_error_line(result, "licence", code=None)
     assert "KEY=VALUE" in line
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
 
 
 def test_attr_with_empty_key(home: Path, added: CID, src: Path) -> None:
-    before = snapshot(home)
+    before = snapshot_all(home)
     result = run_cli(home, "add", "--attr", "=mit", src)
     one_error_line(result, "=mit", code=None)
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
 
 
 def test_add_of_a_missing_path(home: Path, added: CID, tmp_path: Path) -> None:
-    before = snapshot(home)
+    before = snapshot_all(home)
     missing = tmp_path / "no-such-folder"
     result = run_cli(home, "add", missing)
     one_error_line(result, "no-such-folder", code=None)
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
 
 
 def test_get_into_an_existing_regular_file(home: Path, added: CID, tmp_path: Path) -> None:
     target = tmp_path / "existing.txt"
     target.write_bytes(b"keep me\n")
-    before = snapshot(home)
+    before = snapshot_all(home)
     listing = sorted(os.listdir(tmp_path))
     result = run_cli(home, "get", added, target)
     one_error_line(result, "existing.txt", code=None)
     assert target.read_bytes() == b"keep me\n"
     assert sorted(os.listdir(tmp_path)) == listing
-    assert snapshot(home) == before
+    assert snapshot_all(home) == before
