@@ -50,6 +50,7 @@ class LocalBlobStore(BlobStore):
         self._tmp = self.root / "tmp"
         self._fsync = fsync
         self._dirty: set[str] = set()
+        self._fans: set[str] = set()  # fan-out folders known to exist
         self._dirty_lock = threading.Lock()
         if not read_only:
             self._blobs.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,7 @@ class LocalBlobStore(BlobStore):
         final = self.path_of(cid)
         size = len(data) if isinstance(data, bytes) else data.nbytes
         try:
-            st = final.stat()
+            st = os.stat(final)
         except FileNotFoundError:
             pass
         else:
@@ -111,10 +112,12 @@ class LocalBlobStore(BlobStore):
                 # covers it.
                 with contextlib.suppress(FileNotFoundError):
                     os.utime(final)
-                if final.exists():
                     return
             # A damaged leftover (wrong size or wrong bytes) is replaced by the verified bytes.
-        final.parent.mkdir(exist_ok=True)
+        fan = final.parent
+        if fan.name not in self._fans:
+            fan.mkdir(exist_ok=True)
+            self._fans.add(fan.name)
         tmp = self._tmp / f"{os.getpid()}-{_PROCESS_TOKEN}{secrets.token_hex(8)}{_TMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
@@ -128,11 +131,12 @@ class LocalBlobStore(BlobStore):
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-        finally:
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            raise
         with self._dirty_lock:
-            self._dirty.add(str(final.parent))
+            self._dirty.add(str(fan))
 
     def flush(self) -> None:
         with self._dirty_lock:
