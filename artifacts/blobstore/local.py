@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from artifacts.blobstore.base import BlobStat, BlobStore
 from artifacts.cid import CID, HashName, as_cid
 from artifacts.errors import BlobNotFoundError, InvalidCIDError
@@ -214,9 +216,11 @@ def _same_bytes(path: Path, data: bytes | memoryview) -> bool:
     """Whether the file at ``path`` holds exactly ``data`` (cheaper than re-hashing it)."""
     try:
         with open(path, "rb") as f:
-            return f.read() == data
+            stored = f.read()
     except FileNotFoundError:
         return False
+    # numpy compares at memcmp speed; memoryview == bytes goes element by element (10x slower).
+    return bool(np.array_equal(np.frombuffer(stored, np.uint8), np.frombuffer(data, np.uint8)))
 
 
 def _pid_alive(pid: int) -> bool:
