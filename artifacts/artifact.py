@@ -87,14 +87,24 @@ class Artifact:
 
     # -- structure -----------------------------------------------------------------------------
     def refs(self) -> Iterator[Ref]:
-        """Every blob this artifact needs: tree nodes and entries (not the root itself)."""
+        """The blob of every zarr key (metadata documents and chunks), with its size."""
         for group in sorted(self.manifest.tables):
             table = self.store._table(group)
             assert table is not None
-            for node in table.tree_cids:
-                yield Ref(node, -1)
-            for _, ref in table.items():
-                yield ref
+            yield from (ref for _, ref in table.items())
+
+    def tree_nodes(self) -> Iterator[CID]:
+        """The manifest's own blobs below the root: the nodes of its large tables."""
+        for group in sorted(self.manifest.tables):
+            table = self.store._table(group)
+            assert table is not None
+            yield from table.tree_cids
+
+    def blob_cids(self) -> Iterator[CID]:
+        """Every blob this artifact needs: root manifest, table nodes and key blobs."""
+        yield self.cid
+        yield from self.tree_nodes()
+        yield from (ref.cid for ref in self.refs())
 
     @property
     def size(self) -> int:

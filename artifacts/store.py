@@ -259,7 +259,7 @@ class ArtifactStore:
         from artifacts.torch_io import tensor_to_numpy
 
         attrs = dict(attrs or {})
-        attrs.setdefault("tensors", len(state_dict))
+        attrs["tensors"] = len(state_dict)
         with self.session() as cas:
             for index, (name, tensor) in enumerate(state_dict.items()):
                 if not isinstance(name, str) or not name:
@@ -296,8 +296,8 @@ class ArtifactStore:
             raise FileNotFoundError(f"no such file or folder: {root}")
         files = _collect_files(root, on_skip)
         attrs = dict(attrs or {})
-        attrs.setdefault("files", len(files))
-        attrs.setdefault("bytes", sum(p.stat().st_size for _, p in files))
+        attrs["files"] = len(files)  # reserved: what was stored, not what was claimed
+        attrs["bytes"] = sum(p.stat().st_size for _, p in files)
         with self.session() as cas:
             zarr_root(cas)
             for index, (rel, source) in enumerate(files):
@@ -425,8 +425,8 @@ class ArtifactStore:
                 continue
             try:
                 art = self.open_artifact(root)
-                for ref in art.refs():
-                    check(ref.cid)
+                for cid in art.blob_cids():
+                    check(cid)
             except (ArtifactError, ValueError) as exc:
                 report.problems.append((str(root), str(exc)))
         return report
@@ -455,8 +455,7 @@ class ArtifactStore:
             for root in sorted(roots):
                 try:
                     art = self.open_artifact(root)
-                    live.add(art.cid)
-                    live.update(ref.cid for ref in art.refs())
+                    live.update(art.blob_cids())
                 except (ArtifactError, ValueError) as exc:
                     raise ArtifactError(
                         f"gc refused: cannot read kept artifact {root}: {exc}"
@@ -498,8 +497,8 @@ class ArtifactStore:
         for info in infos:
             with contextlib.suppress(ArtifactError, ValueError):
                 art = self.open_artifact(info.cid)
-                logical += art.size + self.blobs.stat(art.cid).size
-                logical += sum(self.blobs.stat(r.cid).size for r in art.refs() if r.size < 0)
+                manifests = [art.cid, *art.tree_nodes()]
+                logical += art.size + sum(self.blobs.stat(c).size for c in manifests)
         return StoreStats(len(infos), len(self.pins()), count, stored, logical)
 
 

@@ -240,7 +240,9 @@ def get(ctx: click.Context, cid: str, out: str, force: bool) -> None:
     """Export an artifact into folder OUT (nothing is written if any blob is bad)."""
     store = _store(ctx, read_only=True)
     art = store.open_artifact(cid)
-    with _progress(f"exporting {str(art.cid)[:16]}…", art.size, True) as advance:
+    total = art.attrs.get("bytes") if art.kind == "files" else None  # bytes to be written
+    total = total if isinstance(total, int) else None
+    with _progress(f"exporting {str(art.cid)[:16]}…", total, True) as advance:
         paths = art.export(out, overwrite=force, progress=advance)
     click.echo(f"wrote {len(paths)} file(s) to {out}", err=True)
 
