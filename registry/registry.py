@@ -1,0 +1,455 @@
+"""``Registry``: the versioned, signed marketplace registry over SQL.
+
+Appending judges an entry with :func:`registry.rules.judge` and, in one transaction, stores the
+record (seq, hash of the previous record, entry), applies its effects and signs the new head
+with the registry's key. Queries read the derived tables; ``at=SEQ`` answers as of that
+registry version. :meth:`Registry.verify` re-checks every signature, the chain, the rules (by
+folding the log from scratch) and the head signature, and compares the fold with the tables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import semver
+import sqlalchemy as sa
+
+from artifacts.canonical import canonical_json, loads_strict
+from registry.entries import Record, Signed, head_message
+from registry.errors import (
+    InvalidEntryError,
+    LogIntegrityError,
+    MirrorError,
+    NotFoundError,
+    RegistryError,
+)
+from registry.identity import Identity, verify_signature
+from registry.names import AssetName, Ref, matches, parse_name, parse_ref
+from registry.rules import MemoryState, judge
+from registry.sql import (
+    SQLState,
+    apply_effects,
+    create_engine,
+    entries,
+    lock_for_append,
+    meta,
+    versions,
+)
+
+__all__ = ["AppendResult", "Head", "Registry", "VersionInfo"]
+
+PAGE_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    hash: str | None
+    sig: str
+    registry_key: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "hash": self.hash,
+            "sig": self.sig,
+            "registry_key": self.registry_key,
+        }
+
+    def verify(self) -> None:
+        verify_signature(self.registry_key, self.sig, head_message(self.seq, self.hash))
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    seq: int
+    hash: str
+    existing: bool  # an identical entry (or the same version and CID) was already there
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    name: str
+    version: str
+    cid: str
+    kind: str
+    license: str
+    price: dict[str, str]
+    description: str
+    tags: list[str]
+    size: int
+    receipt: str | None
+    publisher: str
+    timestamp: str
+    seq: int
+    yanked: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "cid": self.cid, "kind": self.kind,
+            "license": self.license, "price": self.price, "description": self.description,
+            "tags": self.tags, "size": self.size, "receipt": self.receipt,
+            "publisher": self.publisher, "timestamp": self.timestamp, "seq": self.seq,
+            "yanked": self.yanked,
+        }  # fmt: skip
+
+
+def _info(row: Any, at: int | None = None) -> VersionInfo:
+    yanked = row.yanked_seq is not None and (at is None or row.yanked_seq <= at)
+    return VersionInfo(
+        row.asset, row.version, row.cid, row.kind, row.license,
+        {"amount": row.price_amount, "currency": row.price_currency}, row.description,
+        json.loads(row.tags), row.size, row.receipt, row.publisher, row.timestamp, row.seq, yanked,
+    )  # fmt: skip
+
+
+class Registry:
+    """A registry on a database URL (``sqlite:///path`` or ``postgresql://...``).
+
+    ``identity`` is the registry's own key, which signs each new head; without it the
+    registry is read-only (a mirror's reader, say).
+    """
+
+    def __init__(self, url: str, identity: Identity | None = None) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self.identity = identity
+        with self.engine.begin() as conn:
+            stored = conn.execute(sa.select(meta.c.v).where(meta.c.k == "registry_key")).scalar()
+            if stored is None and identity is not None:
+                conn.execute(meta.insert().values(k="registry_key", v=identity.public_key))
+                self._write_head(conn, 0, None)
+            elif stored is not None and identity is not None and stored != identity.public_key:
+                raise RegistryError(
+                    f"{url} belongs to another registry key; refusing to sign its heads"
+                )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- head ---------------------------------------------------------------------------------
+    def _write_head(self, conn: sa.Connection, seq: int, hash: str | None) -> Head:
+        if self.identity is None:
+            raise RegistryError("this registry was opened without its key: read-only")
+        head = Head(
+            seq, hash, self.identity.sign(head_message(seq, hash)), self.identity.public_key
+        )
+        body = canonical_json(head.as_json()).decode()
+        updated = conn.execute(meta.update().where(meta.c.k == "head").values(v=body))
+        if updated.rowcount == 0:
+            conn.execute(meta.insert().values(k="head", v=body))
+        return head
+
+    def head(self) -> Head:
+        with self.engine.connect() as conn:
+            raw = conn.execute(sa.select(meta.c.v).where(meta.c.k == "head")).scalar()
+        if raw is None:
+            raise RegistryError(f"{self.url} is not an initialised registry")
+        obj = loads_strict(raw.encode())
+        return Head(obj["seq"], obj["hash"], obj["sig"], obj["registry_key"])
+
+    # -- append ---------------------------------------------------------------------------------
+    def append(self, entry: Signed | dict[str, Any]) -> AppendResult:
+        """Judge and append one signed entry; an identical replay returns the original seq."""
+        signed = entry if isinstance(entry, Signed) else Signed.from_json(entry)
+        with self.engine.begin() as conn:
+            lock_for_append(conn)
+            last = conn.execute(
+                sa.select(entries.c.seq, entries.c.hash).order_by(entries.c.seq.desc()).limit(1)
+            ).first()
+            seq = (last.seq if last else 0) + 1
+            verdict = judge(SQLState(conn), signed, seq)
+            if verdict.existing is not None:
+                h = conn.execute(
+                    sa.select(entries.c.hash).where(entries.c.seq == verdict.existing)
+                ).scalar_one()
+                return AppendResult(verdict.existing, h, True)
+            record = Record(seq, last.hash if last else None, signed)
+            self._insert(conn, record)
+            apply_effects(conn, verdict.effects)
+            self._write_head(conn, seq, record.hash)
+            return AppendResult(seq, record.hash, False)
+
+    @staticmethod
+    def _insert(conn: sa.Connection, record: Record) -> None:
+        body = record.entry.body
+        conn.execute(
+            entries.insert().values(
+                seq=record.seq,
+                hash=record.hash,
+                prev=record.prev,
+                type=body["type"],
+                key=body["key"],
+                record=canonical_json(record.as_json()).decode(),
+            )
+        )
+
+    # -- queries --------------------------------------------------------------------------------
+    def _rows(self, asset: AssetName, at: int | None) -> list[Any]:
+        q = sa.select(versions).where(versions.c.asset == str(asset))
+        if at is not None:
+            q = q.where(versions.c.seq <= at)
+        with self.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    def versions(self, name: str | AssetName, *, at: int | None = None) -> list[VersionInfo]:
+        """Every version of ``NS/NAME``, highest first (yanked ones flagged)."""
+        asset = parse_name(name) if isinstance(name, str) else name
+        rows = self._rows(asset, at)
+        if not rows:
+            raise NotFoundError(f"{asset} is not published" + (f" at seq {at}" if at else ""))
+        infos = [_info(r, at) for r in rows]
+        return sorted(infos, key=lambda i: semver.Version.parse(i.version), reverse=True)
+
+    def resolve(
+        self, ref: str | Ref, *, at: int | None = None, prerelease: bool = False
+    ) -> VersionInfo:
+        """``NS/NAME@1.2.0``, ``@latest`` (highest non-yanked) or a range (``@^1.2``).
+
+        An exact version resolves even when yanked (yanking marks, it does not delete)."""
+        parsed = parse_ref(ref) if isinstance(ref, str) else ref
+        candidates = self.versions(parsed.asset, at=at)
+        if parsed.spec != "latest" and not any(c in parsed.spec for c in "^~<>=,"):
+            exact = [i for i in candidates if i.version == parsed.spec]
+            if exact:
+                return exact[0]
+            raise NotFoundError(f"{parsed} is not published")
+        for info in candidates:
+            v = semver.Version.parse(info.version)
+            if info.yanked or (v.prerelease and not prerelease):
+                continue
+            if parsed.spec == "latest" or matches(v, parsed.spec):
+                return info
+        raise NotFoundError(f"no version of {parsed.asset} matches {parsed.spec!r}")
+
+    def search(
+        self,
+        text: str = "",
+        *,
+        kind: str | None = None,
+        license: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> list[VersionInfo]:
+        """Assets whose name, description or tags contain ``text`` (latest version of each),
+        sorted by name; ``limit``/``offset`` paginate."""
+        if len(text) > 256:
+            raise InvalidEntryError("search text longer than 256 characters")
+        if not 0 < limit <= PAGE_MAX or offset < 0:
+            raise InvalidEntryError(f"limit must be 1..{PAGE_MAX} and offset >= 0")
+        q = sa.select(versions).where(versions.c.yanked_seq.is_(None))
+        if text:
+            pattern = (
+                "%"
+                + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                + "%"
+            )
+            q = q.where(
+                sa.or_(
+                    sa.func.lower(versions.c.asset).like(pattern, escape="\\"),
+                    sa.func.lower(versions.c.description).like(pattern, escape="\\"),
+                    sa.func.lower(versions.c.tags).like(pattern, escape="\\"),
+                )
+            )
+        if kind:
+            q = q.where(versions.c.kind == kind)
+        if license:
+            q = q.where(versions.c.license == license)
+        latest: dict[str, VersionInfo] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(q.order_by(versions.c.asset)):
+                info = _info(row)
+                v = semver.Version.parse(info.version)
+                if v.prerelease:
+                    continue
+                best = latest.get(info.name)
+                if best is None or v > semver.Version.parse(best.version):
+                    latest[info.name] = info
+        names = sorted(latest)
+        return [latest[n] for n in names[offset : offset + limit]]
+
+    def log(self, since: int = 0, limit: int | None = None) -> list[Record]:
+        """Records with seq > ``since``, in order."""
+        q = sa.select(entries.c.record).where(entries.c.seq > since).order_by(entries.c.seq)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [Record.from_json(loads_strict(r.encode())) for r in conn.execute(q).scalars()]
+
+    def iter_log(self, batch: int = 5000) -> Iterator[tuple[Record, str]]:
+        """(record, stored hash) for the whole log, in order, in batches."""
+        since = 0
+        while True:
+            q = (
+                sa.select(entries.c.seq, entries.c.hash, entries.c.record)
+                .where(entries.c.seq > since)
+                .order_by(entries.c.seq)
+                .limit(batch)
+            )
+            with self.engine.connect() as conn:
+                rows = list(conn.execute(q))
+            if not rows:
+                return
+            for row in rows:
+                try:
+                    record = Record.from_json(loads_strict(row.record.encode()))
+                except (ValueError, RegistryError) as exc:
+                    raise LogIntegrityError(f"unreadable record: {exc}", row.seq) from None
+                if record.seq != row.seq:
+                    raise LogIntegrityError(f"record says seq {record.seq}", row.seq)
+                yield record, row.hash
+            since = rows[-1].seq
+
+    # -- integrity ------------------------------------------------------------------------------
+    def verify(self, *, trusted_key: str | None = None) -> Head:
+        """Check signatures, the chain, the rules, the derived tables and the head signature.
+
+        Raises :class:`LogIntegrityError` naming the first bad seq. ``trusted_key`` pins the
+        registry key the head must be signed by (otherwise the stored one is used)."""
+        state = MemoryState()
+        prev: str | None = None
+        expected = 1
+        for record, stored_hash in self.iter_log():
+            seq = record.seq
+            if seq != expected:
+                raise LogIntegrityError(
+                    f"expected seq {expected}: entries missing or reordered", seq
+                )
+            if record.prev != prev:
+                raise LogIntegrityError("prev does not match the previous record's hash", seq)
+            if record.hash != stored_hash:
+                raise LogIntegrityError("record does not hash to its stored hash (edited)", seq)
+            try:
+                verdict = judge(state, record.entry, seq)
+            except RegistryError as exc:
+                raise LogIntegrityError(f"entry breaks the rules: {exc}", seq) from None
+            if verdict.existing is not None:
+                raise LogIntegrityError(f"duplicate of seq {verdict.existing}", seq)
+            state.apply(verdict.effects)
+            prev = record.hash
+            expected += 1
+        head = self.head()
+        if trusted_key is not None and head.registry_key != trusted_key:
+            raise LogIntegrityError("head is signed by an unexpected registry key")
+        try:
+            head.verify()
+        except RegistryError:
+            raise LogIntegrityError("head signature does not verify") from None
+        if head.seq != expected - 1 or head.hash != prev:
+            raise LogIntegrityError(
+                f"head says seq {head.seq} but the log ends at seq {expected - 1}"
+            )
+        self._compare_tables(state)
+        return head
+
+    def _compare_tables(self, state: MemoryState) -> None:
+        with self.engine.connect() as conn:
+            rows = {(r.asset, r.version): r for r in conn.execute(sa.select(versions))}
+        folded = state.versions
+        for key in sorted(set(rows) | set(folded)):
+            row, rec = rows.get(key), folded.get(key)
+            if (
+                row is None
+                or rec is None
+                or row.cid != rec["cid"]
+                or row.seq != rec["seq"]
+                or ((row.yanked_seq is not None) != rec["yanked"])
+            ):
+                seq = rec["seq"] if rec else (row.seq if row else None)
+                raise LogIntegrityError(
+                    f"table 'versions' disagrees with the log for {key[0]}@{key[1]}", seq
+                )
+
+    # -- mirrors --------------------------------------------------------------------------------
+    def export(self, path: str) -> int:
+        """Write the whole log and the signed head as JSON lines; return the record count."""
+        count = 0
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(canonical_json({"head": self.head().as_json()}).decode() + "\n")
+            for record, _ in self.iter_log():
+                f.write(canonical_json(record.as_json()).decode() + "\n")
+                count += 1
+        return count
+
+    def sync(self, records: Iterable[Record], head: Head, *, trusted_key: str | None = None) -> int:
+        """Append another registry's records past our head (this registry is its mirror).
+
+        The source's head must be signed by ``trusted_key`` (or by the key this mirror saw
+        before); records must continue our log exactly (same hashes up to our head), else
+        :class:`MirrorError` (fork or rollback). Returns the number of records added."""
+        with self.engine.begin() as conn:
+            lock_for_append(conn)
+            pinned = conn.execute(sa.select(meta.c.v).where(meta.c.k == "source_key")).scalar()
+            key = trusted_key or pinned or head.registry_key
+            if pinned is not None and key != pinned:
+                raise MirrorError("source is signed by another registry key than before")
+            if head.registry_key != key:
+                raise MirrorError("source head is not signed by the trusted registry key")
+            try:
+                head.verify()
+            except RegistryError:
+                raise MirrorError("source head signature does not verify") from None
+            ours = conn.execute(
+                sa.select(entries.c.seq, entries.c.hash).order_by(entries.c.seq.desc()).limit(1)
+            ).first()
+            our_seq, our_hash = (ours.seq, ours.hash) if ours else (0, None)
+            if head.seq < our_seq:
+                raise MirrorError(
+                    f"source head seq {head.seq} is behind ours ({our_seq}): rollback"
+                )
+            state = SQLState(conn)
+            prev, added, last_hash = our_hash, 0, our_hash
+            for record in records:
+                if record.seq <= our_seq:
+                    stored = conn.execute(
+                        sa.select(entries.c.hash).where(entries.c.seq == record.seq)
+                    ).scalar()
+                    if stored != record.hash:
+                        raise MirrorError("source log differs from ours: a fork", record.seq)
+                    continue
+                if record.seq != our_seq + added + 1 or record.prev != prev:
+                    raise MirrorError("source records do not continue our log", record.seq)
+                verdict = judge(state, record.entry, record.seq)
+                if verdict.existing is not None:
+                    raise MirrorError(f"duplicate of seq {verdict.existing}", record.seq)
+                self._insert(conn, record)
+                apply_effects(conn, verdict.effects)
+                prev = last_hash = record.hash
+                added += 1
+            if our_seq + added != head.seq or last_hash != head.hash:
+                raise MirrorError("source records do not end at its signed head")
+            body = canonical_json(head.as_json()).decode()
+            if conn.execute(meta.update().where(meta.c.k == "head").values(v=body)).rowcount == 0:
+                conn.execute(meta.insert().values(k="head", v=body))
+            if (
+                conn.execute(meta.update().where(meta.c.k == "registry_key").values(v=key)).rowcount
+                == 0
+            ):
+                conn.execute(meta.insert().values(k="registry_key", v=key))
+            if pinned is None:
+                conn.execute(meta.insert().values(k="source_key", v=key))
+            return added
+
+
+def read_export(path: str) -> tuple[Head, list[Record]]:
+    """The head and records of a file written by :meth:`Registry.export`."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not lines:
+        raise InvalidEntryError(f"{path} is empty")
+    try:
+        h = loads_strict(lines[0].encode())["head"]
+        head = Head(h["seq"], h["hash"], h["sig"], h["registry_key"])
+        records = [Record.from_json(loads_strict(line.encode())) for line in lines[1:] if line]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidEntryError(f"{path} is not a registry export: {exc}") from None
+    return head, records
