@@ -1,0 +1,37 @@
+"""Opening the registry a command means: the home's SQLite file, another file or database, or
+(through :mod:`registry.client`) a registry service."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from registry.errors import RegistryError
+from registry.identity import Identity
+from registry.registry import Registry
+
+__all__ = ["database_url", "open_registry"]
+
+REGISTRY_KEY = "registry"
+
+
+def database_url(target: str | None, home: str | os.PathLike[str]) -> str:
+    """The SQLAlchemy URL for ``target`` (``None``: ``HOME/registry.db``)."""
+    if target is None:
+        return f"sqlite:///{Path(home).absolute() / 'registry.db'}"
+    if "://" in target:
+        return target
+    return f"sqlite:///{Path(target).absolute()}"
+
+
+def open_registry(target: str | None, home: str | os.PathLike[str]) -> Registry:
+    """A :class:`Registry` on ``target``. The home's registry key signs heads; a database that
+    belongs to another registry key opens read-only (queries and ``verify`` only)."""
+    url = database_url(target, home)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    identity = Identity.load_or_create(home, REGISTRY_KEY)
+    try:
+        return Registry(url, identity)
+    except RegistryError:
+        return Registry(url, None)
