@@ -95,7 +95,8 @@ def judge(view: StateView, entry: Signed, seq: int) -> Verdict:
             if existing[0] != body["cid"]:
                 raise VersionConflictError(
                     f"{asset}@{body['version']} already points to {existing[0]} (seq "
-                    f"{existing[1]}); a published version never changes"
+                    f"{existing[1]}), not {body['cid']}: a published version never changes; "
+                    "publish a new version"
                 )
             return Verdict(existing=existing[1])
         if taken is None:
