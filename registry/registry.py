@@ -160,24 +160,37 @@ class Registry:
     # -- append ---------------------------------------------------------------------------------
     def append(self, entry: Signed | dict[str, Any]) -> AppendResult:
         """Judge and append one signed entry; an identical replay returns the original seq."""
-        signed = entry if isinstance(entry, Signed) else Signed.from_json(entry)
+        return self.append_many([entry])[0]
+
+    def append_many(self, batch: Iterable[Signed | dict[str, Any]]) -> list[AppendResult]:
+        """Append entries in order, in one transaction (all or none): one judged at a time
+        against the state the earlier ones left, then one head signature for the batch."""
+        signed = [e if isinstance(e, Signed) else Signed.from_json(e) for e in batch]
+        results: list[AppendResult] = []
         with self.engine.begin() as conn:
             lock_for_append(conn)
             last = conn.execute(
                 sa.select(entries.c.seq, entries.c.hash).order_by(entries.c.seq.desc()).limit(1)
             ).first()
-            seq = (last.seq if last else 0) + 1
-            verdict = judge(SQLState(conn), signed, seq)
-            if verdict.existing is not None:
-                h = conn.execute(
-                    sa.select(entries.c.hash).where(entries.c.seq == verdict.existing)
-                ).scalar_one()
-                return AppendResult(verdict.existing, h, True)
-            record = Record(seq, last.hash if last else None, signed)
-            self._insert(conn, record)
-            apply_effects(conn, verdict.effects)
-            self._write_head(conn, seq, record.hash)
-            return AppendResult(seq, record.hash, False)
+            seq, prev = (last.seq, last.hash) if last else (0, None)
+            state = SQLState(conn)
+            for entry in signed:
+                verdict = judge(state, entry, seq + 1)
+                if verdict.existing is not None:
+                    h = conn.execute(
+                        sa.select(entries.c.hash).where(entries.c.seq == verdict.existing)
+                    ).scalar_one()
+                    results.append(AppendResult(verdict.existing, h, True))
+                    continue
+                seq += 1
+                record = Record(seq, prev, entry)
+                self._insert(conn, record)
+                apply_effects(conn, verdict.effects)
+                prev = record.hash
+                results.append(AppendResult(seq, record.hash, False))
+            if any(not r.existing for r in results):
+                self._write_head(conn, seq, prev)
+        return results
 
     @staticmethod
     def _insert(conn: sa.Connection, record: Record) -> None:
