@@ -196,14 +196,15 @@ class Registry:
     def _insert(conn: sa.Connection, record: Record) -> None:
         body = record.entry.body
         conn.execute(
-            entries.insert().values(
-                seq=record.seq,
-                hash=record.hash,
-                prev=record.prev,
-                type=body["type"],
-                key=body["key"],
-                record=canonical_json(record.as_json()).decode(),
-            )
+            entries.insert(),
+            {
+                "seq": record.seq,
+                "hash": record.hash,
+                "prev": record.prev,
+                "type": body["type"],
+                "key": body["key"],
+                "record": canonical_json(record.as_json()).decode(),
+            },
         )
 
     # -- queries --------------------------------------------------------------------------------

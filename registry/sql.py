@@ -176,11 +176,11 @@ def apply_effects(conn: Connection, effects: list[Effect]) -> None:
     for e in effects:
         a = e.args
         if e.op == "claim":
-            conn.execute(namespaces.insert().values(**a))
+            conn.execute(namespaces.insert(), a)
         elif e.op == "asset":
-            conn.execute(assets.insert().values(**a))
+            conn.execute(assets.insert(), a)
         elif e.op == "version":
-            conn.execute(versions.insert().values(**version_row(a["body"], a["seq"])))
+            conn.execute(versions.insert(), version_row(a["body"], a["seq"]))
         elif e.op == "yank":
             conn.execute(
                 versions.update()
@@ -188,7 +188,7 @@ def apply_effects(conn: Connection, effects: list[Effect]) -> None:
                 .values(yanked_seq=a["seq"], yank_reason=a["reason"])
             )
         elif e.op == "grant":
-            conn.execute(grants.insert().values(namespace=a["namespace"], key=a["key"]))
+            conn.execute(grants.insert(), {"namespace": a["namespace"], "key": a["key"]})
         elif e.op == "transfer":
             conn.execute(
                 namespaces.update()
@@ -199,9 +199,9 @@ def apply_effects(conn: Connection, effects: list[Effect]) -> None:
         elif e.op == "node":
             conn.execute(nodes.delete().where(nodes.c.node_id == a["node_id"]))
             body = canonical_json(a["body"]).decode()
-            conn.execute(nodes.insert().values(node_id=a["node_id"], seq=a["seq"], body=body))
+            conn.execute(nodes.insert(), {"node_id": a["node_id"], "seq": a["seq"], "body": body})
         elif e.op == "nonce":
-            conn.execute(nonces.insert().values(**a))
+            conn.execute(nonces.insert(), a)
 
 
 def version_row(body: dict[str, Any], seq: int) -> dict[str, Any]:
