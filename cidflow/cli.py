@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["cli", "main"]
 
+_OUR_PACKAGES = {"artifacts", "registry", "flows", "node_agent", "cidflow"}
+
 
 class _Group(click.Group):
     """Turns library errors into one clear line and a non-zero exit."""
@@ -35,6 +37,10 @@ class _Group(click.Group):
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             _fail(exc)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] in _OUR_PACKAGES:
+                _fail(exc)  # every error of ours is one line, whatever its base
+            raise
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)  # definition order: the common path first
@@ -256,16 +262,13 @@ def ls(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _emit_json([a.as_json() for a in items])
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("kind", "size", "pinned", "created", "source")
-    table.add_column("cid", no_wrap=True)
     for a in items:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created))
         source = os.path.basename(a.source) if os.sep in a.source else a.source
-        table.add_row(a.kind, _size(a.size), "yes" if a.pinned else "", created, source, a.cid)
-    Console().print(table)
+        pinned = "pinned" if a.pinned else "-"
+        click.echo(f"{a.cid}  {a.kind:<10} {_size(a.size):>10}  {pinned:<6}  {created}  {source}")
+    if not items:
+        click.echo("no artifacts yet: cidflow add PATH", err=True)
 
 
 @cli.command()
@@ -375,3 +378,8 @@ def unpin(ctx: click.Context, cid: str) -> None:
 
 def main() -> None:
     cli(prog_name="cidflow")
+
+
+from cidflow import cli_registry as _cli_registry  # noqa: E402  (registers the registry commands)
+
+del _cli_registry

@@ -1,9 +1,10 @@
 """``make demo``: the main job, end to end, on the embedded defaults.
 
 Adds scikit-learn's digits (shipped inside the package: no download) as a dataset folder,
-shows it, verifies it, exports it and checks the export is byte-identical, then adds a new
-version with one file changed and shows that only the change was stored. Every step runs the
-real ``cidflow`` command, as a user would type it.
+shows it, verifies it, exports it and checks the export is byte-identical; publishes it in the
+signed registry, publishes a second version with one file changed (only the change is stored),
+pulls the first version back and verifies the registry's log. Every step runs the real
+``cidflow`` command, as a user would type it.
 """
 
 from __future__ import annotations
@@ -90,17 +91,33 @@ def main() -> None:
     if not same:
         sys.exit(1)
 
-    console.rule("[bold]a new version: relabel one class name, add again")
+    console.rule("[bold]publish it in the signed marketplace registry")
+    run("key", "new")
+    run("publish", cid, "--name", "demo/digits", "--version", "1.0.0", "--license", "BSD-3-Clause",
+        "--description", "8x8 handwritten digits, train/test split", "--tag", "vision")  # fmt: skip
+
+    console.rule("[bold]a new version: relabel one class name, publish again")
     labels = data / "labels.csv"
     labels.write_text(labels.read_text().replace("digit-7", "seven"))
     before = json.loads(run("stats", "--json", capture=True))
-    cid2 = json.loads(run("add", str(data), "--json"))["cid"]
+    run("publish", str(data), "--name", "demo/digits", "--version", "1.1.0",
+        "--license", "BSD-3-Clause", "--description", "digits, relabelled")  # fmt: skip
     after = json.loads(run("stats", "--json"))
     console.print(
-        f"new CID {cid2[:20]}…: stored {after['stored_bytes'] - before['stored_bytes']} new "
-        f"bytes for a {after['logical_bytes'] - before['logical_bytes']}-byte version "
+        f"version 1.1.0 stored {after['stored_bytes'] - before['stored_bytes']} new bytes for a "
+        f"{after['logical_bytes'] - before['logical_bytes']}-byte version "
         f"(dedup x{after['dedup_ratio']:.2f})"
     )
+    run("versions", "demo/digits")
+    run("info", "demo/digits")
+    pulled = ROOT / "pulled"
+    run("pull", "demo/digits@1.0.0", str(pulled))
+    same = sha256_tree(out) == sha256_tree(pulled)
+    console.print(f"pulled 1.0.0 equals the first export: [bold]{'yes' if same else 'NO'}[/bold]")
+    if not same:
+        sys.exit(1)
+    run("registry", "verify")
+    run("log")
     run("ls")
     run("gc", "--dry-run")
     console.rule(f"[bold green]done in {time.perf_counter() - started:.1f}s")

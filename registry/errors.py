@@ -10,6 +10,9 @@
     ├── NotFoundError       (LookupError)      no such asset, version or entry
     ├── LogIntegrityError   (ValueError)       the log does not verify; names the seq
     │   └── MirrorError                        a fork or a rollback offered to a mirror
+    ├── ReadOnlyRegistryError (PermissionError) append without the registry's key
+    ├── AuthError           (PermissionError)  the service refused the token
+    ├── ServiceError        (ConnectionError)  service unreachable or its answer malformed
     └── MissingKeyError     (FileNotFoundError)  no signing key in the home folder
 """
 
@@ -52,5 +55,17 @@ class MirrorError(LogIntegrityError):
     """A mirror was offered a log that forks from, or rolls back, its own."""
 
 
+class ReadOnlyRegistryError(RegistryError, PermissionError):
+    """An append to a registry opened without its key (someone else's database)."""
+
+
 class MissingKeyError(RegistryError, FileNotFoundError):
     """No signing key in the home folder (create one with ``cidflow key new``)."""
+
+
+class AuthError(RegistryError, PermissionError):
+    """The service refused the bearer token (missing or wrong)."""
+
+
+class ServiceError(RegistryError, ConnectionError):
+    """The service cannot be reached, or answered something that is not the registry API."""

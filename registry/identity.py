@@ -8,9 +8,11 @@ id* is a fingerprint of it: ``pk`` + base32 of the first 20 bytes of its sha256.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
+import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -87,37 +89,58 @@ class Identity:
     def create(
         cls, home: str | os.PathLike[str], name: str = "default", *, overwrite: bool = False
     ) -> Identity:
-        """Generate a key and store it (0600); refuses to replace an existing one."""
+        """Generate a key and store it in HOME/keys (0600); refuses to replace one."""
         path = cls.path(home, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
+        return cls.create_file(path, overwrite=overwrite)
+
+    @classmethod
+    def create_file(cls, path: Path, *, overwrite: bool = False) -> Identity:
         identity = cls.generate()
+        name = path.name
         pem = identity._key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        # Written whole to a private temp file, then linked into place: a reader never sees a
+        # partial key, and of two processes creating the same key exactly one wins.
+        tmp = path.with_name(f".{name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise FileExistsError(f"a key named {name!r} already exists at {path}") from None
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise FileExistsError(f"a key already exists at {path}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         os.chmod(path, 0o600)
         return identity
 
     @classmethod
     def load(cls, home: str | os.PathLike[str], name: str = "default") -> Identity:
         path = cls.path(home, name)
+        if not path.exists():
+            raise MissingKeyError(
+                f"no key {name!r} in {Path(home)}: create one with 'cidflow key new'"
+            )
+        return cls.load_file(path)
+
+    @classmethod
+    def load_file(cls, path: Path) -> Identity:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise MissingKeyError(
-                f"no key {name!r} in {Path(home)}: create one with 'cidflow key new'"
-            ) from None
+            raise MissingKeyError(f"no key at {path}") from None
         if path.stat().st_mode & 0o077:
             raise SignatureError(f"{path} is readable by others; run: chmod 600 {path}")
         key = serialization.load_pem_private_key(data, password=None)
@@ -131,3 +154,13 @@ class Identity:
             return cls.load(home, name)
         except MissingKeyError:
             return cls.create(home, name)
+
+    @classmethod
+    def load_or_create_file(cls, path: Path) -> Identity:
+        try:
+            return cls.load_file(path)
+        except MissingKeyError:
+            try:
+                return cls.create_file(path)
+            except FileExistsError:  # another process created it first
+                return cls.load_file(path)

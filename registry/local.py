@@ -25,12 +25,19 @@ def database_url(target: str | None, home: str | os.PathLike[str]) -> str:
 
 
 def open_registry(target: str | None, home: str | os.PathLike[str]) -> Registry:
-    """A :class:`Registry` on ``target``. The home's registry key signs heads; a database that
-    belongs to another registry key opens read-only (queries and ``verify`` only)."""
+    """A :class:`Registry` on ``target``.
+
+    A SQLite registry's own key lives beside its file (``registry.db`` → ``registry.db.key``,
+    mode 0600), so every home that can write the file can append to it; a server database
+    uses the home's ``keys/registry.pem``. A database whose heads another key signs opens
+    read-only (queries and ``verify`` only)."""
     url = database_url(target, home)
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    identity = Identity.load_or_create(home, REGISTRY_KEY)
+        db = Path(url.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        identity = Identity.load_or_create_file(db.with_name(db.name + ".key"))
+    else:
+        identity = Identity.load_or_create(home, REGISTRY_KEY)
     try:
         return Registry(url, identity)
     except RegistryError:

@@ -24,6 +24,7 @@ from registry.errors import (
     LogIntegrityError,
     MirrorError,
     NotFoundError,
+    ReadOnlyRegistryError,
     RegistryError,
 )
 from registry.identity import Identity, verify_signature
@@ -106,6 +107,48 @@ def _info(row: Any, at: int | None = None) -> VersionInfo:
     )  # fmt: skip
 
 
+def fold_log(records: Iterable[tuple[Record, str]]) -> tuple[MemoryState, int, str | None]:
+    """Fold ``(record, stored hash)`` pairs from seq 1 with the registry's rules.
+
+    Checks seq continuity, the ``prev`` chain, each record's hash against the stored one, every
+    signature and every rule; raises :class:`LogIntegrityError` naming the first bad seq.
+    Returns the folded state, the last seq and the last record's hash."""
+    state = MemoryState()
+    prev: str | None = None
+    expected = 1
+    for record, stored_hash in records:
+        seq = record.seq
+        if seq != expected:
+            raise LogIntegrityError(f"expected seq {expected}: entries missing or reordered", seq)
+        if record.prev != prev:
+            raise LogIntegrityError("prev does not match the previous record's hash", seq)
+        if record.hash != stored_hash:
+            raise LogIntegrityError("record does not hash to its stored hash (edited)", seq)
+        try:
+            verdict = judge(state, record.entry, seq)
+        except RegistryError as exc:
+            raise LogIntegrityError(f"entry breaks the rules: {exc}", seq) from None
+        if verdict.existing is not None:
+            raise LogIntegrityError(f"duplicate of seq {verdict.existing}", seq)
+        state.apply(verdict.effects)
+        prev = record.hash
+        expected += 1
+    return state, expected - 1, prev
+
+
+def check_head(head: Head, seq: int, hash: str | None, *, trusted_key: str | None = None) -> None:
+    """Check that ``head`` is validly signed (by ``trusted_key`` if given) and names the end
+    of the folded log (``seq``, ``hash``)."""
+    if trusted_key is not None and head.registry_key != trusted_key:
+        raise LogIntegrityError("head is signed by an unexpected registry key")
+    try:
+        head.verify()
+    except RegistryError:
+        raise LogIntegrityError("head signature does not verify") from None
+    if head.seq != seq or head.hash != hash:
+        raise LogIntegrityError(f"head says seq {head.seq} but the log ends at seq {seq}")
+
+
 class Registry:
     """A registry on a database URL (``sqlite:///path`` or ``postgresql://...``).
 
@@ -139,7 +182,9 @@ class Registry:
     # -- head ---------------------------------------------------------------------------------
     def _write_head(self, conn: sa.Connection, seq: int, hash: str | None) -> Head:
         if self.identity is None:
-            raise RegistryError("this registry was opened without its key: read-only")
+            raise ReadOnlyRegistryError(
+                f"{self.url} was opened without its registry key: read-only"
+            )
         head = Head(
             seq, hash, self.identity.sign(head_message(seq, hash)), self.identity.public_key
         )
@@ -329,39 +374,9 @@ class Registry:
 
         Raises :class:`LogIntegrityError` naming the first bad seq. ``trusted_key`` pins the
         registry key the head must be signed by (otherwise the stored one is used)."""
-        state = MemoryState()
-        prev: str | None = None
-        expected = 1
-        for record, stored_hash in self.iter_log():
-            seq = record.seq
-            if seq != expected:
-                raise LogIntegrityError(
-                    f"expected seq {expected}: entries missing or reordered", seq
-                )
-            if record.prev != prev:
-                raise LogIntegrityError("prev does not match the previous record's hash", seq)
-            if record.hash != stored_hash:
-                raise LogIntegrityError("record does not hash to its stored hash (edited)", seq)
-            try:
-                verdict = judge(state, record.entry, seq)
-            except RegistryError as exc:
-                raise LogIntegrityError(f"entry breaks the rules: {exc}", seq) from None
-            if verdict.existing is not None:
-                raise LogIntegrityError(f"duplicate of seq {verdict.existing}", seq)
-            state.apply(verdict.effects)
-            prev = record.hash
-            expected += 1
+        state, seq, last = fold_log(self.iter_log())
         head = self.head()
-        if trusted_key is not None and head.registry_key != trusted_key:
-            raise LogIntegrityError("head is signed by an unexpected registry key")
-        try:
-            head.verify()
-        except RegistryError:
-            raise LogIntegrityError("head signature does not verify") from None
-        if head.seq != expected - 1 or head.hash != prev:
-            raise LogIntegrityError(
-                f"head says seq {head.seq} but the log ends at seq {expected - 1}"
-            )
+        check_head(head, seq, last, trusted_key=trusted_key)
         self._compare_tables(state)
         return head
 
@@ -388,8 +403,11 @@ class Registry:
         """Write the whole log and the signed head as JSON lines; return the record count."""
         count = 0
         with open(path, "w", encoding="utf-8") as f:
-            f.write(canonical_json({"head": self.head().as_json()}).decode() + "\n")
+            head = self.head()
+            f.write(canonical_json({"head": head.as_json()}).decode() + "\n")
             for record, _ in self.iter_log():
+                if record.seq > head.seq:
+                    break  # appended while exporting: the next export carries it
                 f.write(canonical_json(record.as_json()).decode() + "\n")
                 count += 1
         return count
