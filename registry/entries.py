@@ -74,7 +74,7 @@ def make_body(entry_type: str, identity: Identity, /, **fields: Any) -> dict[str
 
 def _text(body: dict[str, Any], field: str, limit: int) -> str:
     value = body.get(field)
-    if not isinstance(value, str) or len(value) > limit:
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
         raise InvalidEntryError(f"{field} must be a string of at most {limit} characters")
     return value
 

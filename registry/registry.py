@@ -10,6 +10,7 @@ folding the log from scratch) and the head signature, and compares the fold with
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -194,6 +195,11 @@ class Registry:
             conn.execute(meta.insert().values(k="head", v=body))
         return head
 
+    def _meta(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(meta.c.v).where(meta.c.k == key)).scalar()
+        return str(value) if value is not None else None
+
     def head(self) -> Head:
         with self.engine.connect() as conn:
             raw = conn.execute(sa.select(meta.c.v).where(meta.c.k == "head")).scalar()
@@ -210,10 +216,14 @@ class Registry:
     def append_many(self, batch: Iterable[Signed | dict[str, Any]]) -> list[AppendResult]:
         """Append entries in order, in one transaction (all or none): one judged at a time
         against the state the earlier ones left, then one head signature for the batch."""
-        signed = [e if isinstance(e, Signed) else Signed.from_json(e) for e in batch]
+        signed = [Signed.from_json(e.as_json() if isinstance(e, Signed) else e) for e in batch]
         results: list[AppendResult] = []
         with self.engine.begin() as conn:
             lock_for_append(conn)
+            if conn.execute(sa.select(meta.c.v).where(meta.c.k == "source_key")).scalar():
+                raise ReadOnlyRegistryError(
+                    f"{self.url} is a mirror: it only syncs; publish to its source"
+                )
             last = conn.execute(
                 sa.select(entries.c.seq, entries.c.hash).order_by(entries.c.seq.desc()).limit(1)
             ).first()
@@ -281,7 +291,8 @@ class Registry:
             exact = [i for i in candidates if i.version == parsed.spec]
             if exact:
                 return exact[0]
-            raise NotFoundError(f"{parsed} is not published")
+            if len(parsed.spec.partition("-")[0].split(".")) == 3:
+                raise NotFoundError(f"{parsed} is not published")
         for info in candidates:
             v = semver.Version.parse(info.version)
             if info.yanked or (v.prerelease and not prerelease):
@@ -301,6 +312,8 @@ class Registry:
     ) -> list[VersionInfo]:
         """Assets whose name, description or tags contain ``text`` (latest version of each),
         sorted by name; ``limit``/``offset`` paginate."""
+        if "\x00" in text:
+            raise InvalidEntryError("search text contains a NUL byte")
         if len(text) > 256:
             raise InvalidEntryError("search text longer than 256 characters")
         if not 0 < limit <= PAGE_MAX or offset < 0:
@@ -316,7 +329,9 @@ class Registry:
                 sa.or_(
                     sa.func.lower(versions.c.asset).like(pattern, escape="\\"),
                     sa.func.lower(versions.c.description).like(pattern, escape="\\"),
-                    sa.func.lower(versions.c.tags).like(pattern, escape="\\"),
+                    sa.func.lower(versions.c.tags).like(pattern, escape="\\")
+                    if re.fullmatch(r"[a-z0-9._+-]+", text.lower())
+                    else sa.false(),
                 )
             )
         if kind:
@@ -376,6 +391,12 @@ class Registry:
         registry key the head must be signed by (otherwise the stored one is used)."""
         state, seq, last = fold_log(self.iter_log())
         head = self.head()
+        if trusted_key is None:
+            trusted_key = self._meta("source_key")  # a mirror: the key it pinned on first sync
+        if trusted_key is None and self.identity is not None:
+            trusted_key = self.identity.public_key  # the key we hold, not what the db says
+        if trusted_key is None:
+            trusted_key = self._meta("registry_key")
         check_head(head, seq, last, trusted_key=trusted_key)
         self._compare_tables(state)
         return head
@@ -450,7 +471,10 @@ class Registry:
                     continue
                 if record.seq != our_seq + added + 1 or record.prev != prev:
                     raise MirrorError("source records do not continue our log", record.seq)
-                verdict = judge(state, record.entry, record.seq)
+                try:
+                    verdict = judge(state, record.entry, record.seq)
+                except RegistryError as exc:
+                    raise MirrorError(f"source entry breaks the rules: {exc}", record.seq) from None
                 if verdict.existing is not None:
                     raise MirrorError(f"duplicate of seq {verdict.existing}", record.seq)
                 self._insert(conn, record)
