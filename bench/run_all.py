@@ -17,6 +17,7 @@ BENCHES = [
     ("bench_zarr_write.py", [], ["--runs", "1", "--no-diagnostic"]),
     ("bench_version.py", [], []),
     ("bench_rss.py", [], ["--no-npy"]),
+    ("bench_registry.py", [], ["--versions", "10000", "--lookups", "500"]),
 ]
 
 
