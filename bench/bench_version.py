@@ -78,6 +78,10 @@ def via_python(src, mod) -> dict:
     r2 = run([py, "-c", PY_UPDATE, str(home), base, str(mod)], env=env_with())
     after = tree_bytes(home / "blobs")
     shutil.rmtree(work)
+    return outcome(before, after, r1, r2)
+
+
+def outcome(before: dict, after: dict, r1: dict, r2: dict) -> dict:
     return {
         "first": before,
         "new": delta(before, after),
@@ -103,12 +107,7 @@ def via_cli(src, mod) -> dict:
     r2 = run(cmd, cwd=work, env=env_with())
     after = tree_bytes(home / "blobs")
     shutil.rmtree(work)
-    return {
-        "first": before,
-        "new": delta(before, after),
-        "first_seconds": r1["seconds"],
-        "update_seconds": r2["seconds"],
-    }
+    return outcome(before, after, r1, r2)
 
 
 def via_dvc(src, mod) -> dict:

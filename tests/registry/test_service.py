@@ -88,16 +88,6 @@ class LiveServer:
 
 
 @pytest.fixture
-def alice() -> Identity:
-    return Identity.generate()
-
-
-@pytest.fixture
-def bob() -> Identity:
-    return Identity.generate()
-
-
-@pytest.fixture
 def reg(tmp_path: Path) -> Iterator[Registry]:
     registry = Registry(f"sqlite:///{tmp_path / 'service.db'}", Identity.generate())
     yield registry
