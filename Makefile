@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: env test lint typecheck pytest demo bench lock clean
+.PHONY: env test lint typecheck pytest postgres demo bench lock clean
 
 env: $(STAMP)
 
@@ -22,8 +22,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) postgres
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+# The registry suite also runs against PostgreSQL (tests/registry/conftest.py starts a
+# throwaway cluster with initdb/pg_ctl): install Debian's server when its binaries are missing.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL from Debian's packages (registry tests)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
 
 test: lint typecheck pytest
 
