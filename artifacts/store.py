@@ -131,7 +131,7 @@ class ArtifactStore:
         self.home = Path(home).expanduser().absolute() if home else self.settings.home.expanduser()
         self.read_only = read_only
         if not read_only:
-            for sub in ("refs/artifacts", "refs/pins", "locks"):
+            for sub in ("refs/artifacts", "refs/pins", "refs/records", "locks"):
                 (self.home / sub).mkdir(parents=True, exist_ok=True)
         elif not self.home.is_dir():
             raise FileNotFoundError(f"no cidflow home at {self.home}")
@@ -371,6 +371,26 @@ class ArtifactStore:
                 continue
         return sorted(out, key=lambda a: (-a.created, a.cid))
 
+    # -- records -------------------------------------------------------------------------------
+    def put_record(self, data: bytes) -> CID:
+        """Store a small JSON document (a receipt, say) as a ``json`` blob that gc keeps."""
+        try:
+            loads_strict(data)
+        except ValueError as exc:
+            raise UnsupportedInputError(f"a record must be strict JSON: {exc}") from None
+        with self._lock(exclusive=False):
+            cid = self.blobs.put(data, codec="json")
+            self.blobs.flush()
+            _atomic_write(self.home / "refs" / "records" / str(cid), b"")
+        return cid
+
+    def get_record(self, cid: str | CID) -> bytes:
+        """The bytes of a stored record, re-hashed against its CID."""
+        return self.blobs.get(cid)
+
+    def records(self) -> builtins.list[str]:
+        return sorted(p.name for p in (self.home / "refs" / "records").glob("b*"))
+
     # -- pins ----------------------------------------------------------------------------------
     def pin(self, cid: str | CID) -> None:
         key = self.open_artifact(cid).cid
@@ -451,7 +471,7 @@ class ArtifactStore:
                 cid for cid in records if _mtime(self.home / "refs" / "artifacts" / cid) >= cutoff
             }
             roots = set(self.pins()) | recent | {str(as_cid(c)) for c in extra_roots}
-            live: set[CID] = set()
+            live: set[CID] = {as_cid(c) for c in self.records()}  # receipts and such
             for root in sorted(roots):
                 try:
                     art = self.open_artifact(root)
