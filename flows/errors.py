@@ -4,7 +4,11 @@
 
     FlowError
     ├── ReceiptError        (ValueError)       a receipt that is malformed, forged or tampered
-    └── UncacheableInputError (TypeError)      a task input that cannot be part of a cache key
+    ├── UncacheableInputError (TypeError)      a task input that cannot be part of a cache key
+    ├── DatasetError        (ValueError)       an unknown or unreadable dataset source
+    ├── ModelSpecError      (ValueError)       an unknown model, or a user factory that fails
+    ├── ShapeMismatchError  (ValueError)       a model whose input does not fit the dataset
+    └── TrainingError       (RuntimeError)     training failed (NaN loss, say)
 """
 
 from __future__ import annotations
@@ -20,3 +24,19 @@ class ReceiptError(FlowError, ValueError):
 
 class UncacheableInputError(FlowError, TypeError):
     """A task input cidflow will not hash: pass artifacts by CID, not as in-memory objects."""
+
+
+class DatasetError(FlowError, ValueError):
+    """A dataset source that is unknown, missing or unreadable."""
+
+
+class ModelSpecError(FlowError, ValueError):
+    """An unknown model name, a bad ``module:factory``, or a factory that raised."""
+
+
+class ShapeMismatchError(FlowError, ValueError):
+    """A model whose input shape does not fit the dataset (found before training starts)."""
+
+
+class TrainingError(FlowError, RuntimeError):
+    """Training failed, e.g. the loss became NaN; nothing is published."""
