@@ -84,6 +84,13 @@ class CIDCachePolicy(CachePolicy):
     """Prefect cache policy: the key is :func:`cache_key` of the task run's inputs."""
 
     extra_modules: tuple[str, ...] = ()
+    modules_for: Callable[..., list[str]] | None = None  # e.g. the module of a user model
+
+    def modules(self, inputs: Mapping[str, Any]) -> list[str]:
+        found = list(self.extra_modules)
+        if self.modules_for is not None:
+            found += self.modules_for(**inputs)
+        return found
 
     def compute_key(
         self,
@@ -93,4 +100,4 @@ class CIDCachePolicy(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         task = task_ctx.task
-        return cache_key(task.name, code_hash(task.fn, self.extra_modules), inputs)
+        return cache_key(task.name, code_hash(task.fn, self.modules(inputs)), inputs)
