@@ -383,3 +383,6 @@ def main() -> None:
 from cidflow import cli_registry as _cli_registry  # noqa: E402  (registers the registry commands)
 
 del _cli_registry
+from cidflow import cli_flows as _cli_flows  # noqa: E402  (registers the flow commands)
+
+del _cli_flows

@@ -99,6 +99,18 @@ def test_tasks_sign_receipts_cache_and_trace_lineage(tmp_path: Path) -> None:
     assert dot.count("shape=ellipse") == 2
     assert f'"{first["data"]["dataset"]}" -> "{run_["receipt"]}"' in dot
 
+    cli = [sys.executable, "-m", "cidflow", "--home", str(home), "lineage"]
+    out = subprocess.run([*cli, str(first["scaled"]["scaled"]), "--json"], capture_output=True,
+                         text=True, check=True, env=env).stdout  # fmt: skip
+    assert json.loads(out) == tree
+    out = subprocess.run([*cli, str(first["scaled"]["scaled"]), "--dot"], capture_output=True,
+                         text=True, check=True, env=env).stdout  # fmt: skip
+    assert out == dot
+    out = subprocess.run([*cli, str(first["scaled"]["scaled"])], capture_output=True,
+                         text=True, check=True, env=env).stdout  # fmt: skip
+    assert "make_data" in out
+    assert "scale" in out
+
     # a receipt edited on disk is named, not followed
     path = store.blobs.path_of(run_["receipt"])  # type: ignore[attr-defined]
     data = path.read_bytes().replace(b'"factor":2.0', b'"factor":9.0')
