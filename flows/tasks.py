@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec, overload
 
 from artifacts.cid import as_cid
 from artifacts.errors import InvalidCIDError
@@ -23,6 +23,9 @@ from artifacts.store import ArtifactStore
 from flows.cache import CIDCachePolicy, canonical_inputs, code_hash
 from flows.receipts import write_receipt
 from registry.identity import Identity
+
+if TYPE_CHECKING:
+    from prefect import Task
 
 __all__ = ["Runtime", "cid_task", "current_runtime", "runtime"]
 
@@ -76,6 +79,26 @@ def _cids(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         return [c for v in value for c in _cids(v)]
     return []
+
+
+@overload
+def cid_task(
+    fn: Callable[P, dict[str, Any]],
+    *,
+    name: str | None = None,
+    extra_modules: Callable[..., list[str]] | tuple[str, ...] = (),
+    **task_options: Any,
+) -> Task[P, dict[str, Any]]: ...
+
+
+@overload
+def cid_task(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    extra_modules: Callable[..., list[str]] | tuple[str, ...] = (),
+    **task_options: Any,
+) -> Callable[[Callable[P, dict[str, Any]]], Task[P, dict[str, Any]]]: ...
 
 
 def cid_task(

@@ -1,0 +1,182 @@
+"""The cidflow flows: train, evaluate, infer (and dataset publishing through
+:mod:`flows.datasets`). Each step is a :func:`~flows.tasks.cid_task`: artifacts in and out by
+CID, cached by content, one signed receipt per execution; each flow is a real Prefect flow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from artifacts.store import ArtifactStore
+from flows.errors import DatasetError, ModelSpecError
+from flows.tasks import cid_task, current_runtime
+
+__all__ = ["evaluate", "evaluate_flow", "infer", "infer_flow", "train", "train_flow"]
+
+MODEL_ATTR = "cidflow.model"
+
+
+def _supervised(store: ArtifactStore, dataset: str, split: str) -> tuple[Any, Any]:
+    arrays = store.open_artifact(dataset).arrays()
+    for prefix in (f"{split}/", ""):
+        if f"{prefix}x" in arrays and f"{prefix}y" in arrays:
+            art = store.open_artifact(dataset)
+            return art.array(f"{prefix}x"), art.array(f"{prefix}y")
+    raise DatasetError(
+        f"dataset {dataset} has no {split}/x and {split}/y (nor x and y): "
+        f"it holds {sorted(arrays) or 'no arrays'}"
+    )
+
+
+def _n_classes(store: ArtifactStore, dataset: str, y: np.ndarray) -> int:
+    schema = store.open_artifact(dataset).attrs.get("schema", {})
+    classes = schema.get("classes") if isinstance(schema, dict) else None
+    if isinstance(classes, int) and classes > 0:
+        return classes
+    if isinstance(classes, list) and classes:
+        return len(classes)
+    return int(y.max()) + 1 if y.size else 1
+
+
+def _model_modules(**kwargs: Any) -> list[str]:
+    from flows.zoo import model_modules
+
+    spec = kwargs.get("model", "mlp")
+    return model_modules(spec) if isinstance(spec, str) else []
+
+
+@cid_task(name="train", extra_modules=_model_modules)
+def train(
+    dataset: str,
+    model: str = "mlp",
+    epochs: int = 10,
+    seed: int = 0,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    model_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``dataset``'s train split; the model artifact holds its weights,
+    spec and per-epoch metrics."""
+    from prefect.logging import get_run_logger
+
+    from flows.training import TrainConfig, check_shapes, train_model
+    from flows.zoo import build_model
+
+    store = current_runtime().store
+    log = get_run_logger()
+    x_arr, y_arr = _supervised(store, dataset, "train")
+    x, y = np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64)
+    arrays = store.open_artifact(dataset).arrays()
+    x_val = y_val = None
+    if "test/x" in arrays and "test/y" in arrays:
+        art = store.open_artifact(dataset)
+        x_val = np.asarray(art.array("test/x")[...], dtype=np.float32)
+        y_val = np.asarray(art.array("test/y")[...], dtype=np.int64)
+    n_classes = _n_classes(store, dataset, y)
+    kwargs = dict(model_kwargs or {})
+    net = build_model(
+        model, input_shape=tuple(x.shape[1:]), n_classes=n_classes, seed=seed, **kwargs
+    )
+    check_shapes(net, x[:1], n_classes)  # a misfit fails here, before any training
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+
+    def progress(m: dict[str, float]) -> None:
+        log.info("epoch %d/%d  %s", int(m["epoch"]), epochs,
+                 "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch"))  # fmt: skip
+
+    result = train_model(net, x, y, config, x_val=x_val, y_val=y_val, progress=progress,
+                         n_classes=n_classes)  # fmt: skip
+    spec = {"model": model, "model_kwargs": kwargs, "input_shape": list(x.shape[1:]),
+            "n_classes": n_classes, "seed": seed, "dataset": dataset}  # fmt: skip
+    cid = store.put_state_dict(
+        result.state_dict, attrs={MODEL_ATTR: spec, "metrics": result.metrics}, source="train"
+    )
+    return {"model": str(cid), "metrics": result.metrics[-1]}
+
+
+def _load_model(store: ArtifactStore, model: str) -> Any:
+    from flows.zoo import build_model
+
+    art = store.open_artifact(model)
+    spec = art.attrs.get(MODEL_ATTR)
+    if art.kind != "state_dict" or not isinstance(spec, dict):
+        raise ModelSpecError(f"{model} is not a cidflow model (kind {art.kind!r})")
+    net = build_model(
+        spec["model"], input_shape=tuple(spec["input_shape"]), n_classes=int(spec["n_classes"]),
+        seed=int(spec.get("seed", 0)), **spec.get("model_kwargs", {}),
+    )  # fmt: skip
+    net.load_state_dict(art.to_state_dict())
+    net.eval()
+    return net
+
+
+@cid_task(name="evaluate")
+def evaluate(model: str, dataset: str, batch_size: int = 256) -> dict[str, Any]:
+    """Accuracy, loss and confusion matrix on the test split, stored as a metrics artifact."""
+    from flows.training import evaluate_model
+
+    store = current_runtime().store
+    x_arr, y_arr = _supervised(store, dataset, "test")
+    net = _load_model(store, model)
+    metrics = evaluate_model(
+        net, np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64),
+        batch_size=batch_size,
+    )  # fmt: skip
+    confusion = np.asarray(metrics["confusion"], dtype=np.int64)
+    cid = store.put_arrays(
+        {"confusion": confusion},
+        attrs={"accuracy": metrics["accuracy"], "loss": metrics["loss"], "model": model,
+               "dataset": dataset},
+        source="evaluate",
+    )  # fmt: skip
+    scalars = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
+    return {"metrics": scalars, "metrics_artifact": str(cid)}
+
+
+@cid_task(name="infer")
+def infer(model: str, dataset: str, split: str = "test", batch_size: int = 1024) -> dict[str, Any]:
+    """Predicted class ids for every row of the dataset's ``x``, computed and written batch by
+    batch (the dataset never has to fit in memory)."""
+    from flows.training import predict_batches
+
+    store = current_runtime().store
+    art = store.open_artifact(dataset)
+    names = art.arrays()
+    xname = f"{split}/x" if f"{split}/x" in names else "x"
+    if xname not in names:
+        raise DatasetError(f"dataset {dataset} has no {split}/x or x array")
+    x = art.array(xname)
+    net = _load_model(store, model)
+    rows = int(x.shape[0])
+
+    def batches() -> Any:
+        for start in range(0, rows, batch_size):
+            yield np.asarray(x[start : start + batch_size], dtype=np.float32)
+
+    predictions = np.fromiter(
+        (int(p) for batch in predict_batches(net, batches()) for p in batch), dtype=np.int64,
+        count=rows,
+    )  # fmt: skip
+    cid = store.put_arrays({"predictions": predictions}, attrs={"model": model, "dataset": dataset},
+                           source="infer")  # fmt: skip
+    return {"predictions": str(cid), "rows": rows}
+
+
+def _flow(name: str, step: Any) -> Any:
+    from prefect import flow
+
+    def run(**kwargs: Any) -> dict[str, Any]:
+        state = step(return_state=True, **kwargs)
+        result: dict[str, Any] = dict(state.result())
+        result["cached"] = state.name == "Cached"
+        return result
+
+    run.__name__ = name
+    return flow(name=name, log_prints=False)(run)
+
+
+train_flow = _flow("cidflow-train", train)
+evaluate_flow = _flow("cidflow-evaluate", evaluate)
+infer_flow = _flow("cidflow-infer", infer)
