@@ -69,3 +69,146 @@ def lineage(
         click.echo(to_dot(tree), nl=False)
     else:
         _print_tree(tree)
+
+
+def _flow_env(ctx: click.Context, verbose: bool) -> None:
+    """Point Prefect (ephemeral API, result storage) and the flow runtime at this home.
+
+    Must run before prefect is imported; a value already in the environment wins."""
+    import os
+
+    from cidflow.cli_registry import _home
+
+    home = _home(ctx)
+    os.environ["CIDFLOW_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "prefect" / "results"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Failures are reported as one line by the CLI; Prefect's own tracebacks only with -v.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
+
+
+def _kwargs(items: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-kwarg {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _report(result: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        _emit_json(result)
+        return
+    for line in lines:
+        click.echo(line)
+    if result.get("cached"):
+        click.echo("(served from the cache: same code, parameters and input CIDs)")
+    click.echo(f"receipt: {result['receipt']}")
+
+
+verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show Prefect's logs.")
+
+
+@cli.command()
+@click.option("--dataset", required=True, metavar="REF_OR_CID", help="Dataset to train on.")
+@click.option(
+    "--model", default="mlp", show_default=True, help="logreg, mlp, cnn or module:factory."
+)
+@click.option("--epochs", type=click.IntRange(1, 10000), default=10, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option(
+    "--model-kwarg", "model_kwargs", multiple=True, metavar="KEY=VALUE", help="e.g. hidden=[256]"
+)
+@registry_option
+@verbose_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def train(
+    ctx: click.Context,
+    dataset: str,
+    model: str,
+    epochs: int,
+    seed: int,
+    batch_size: int,
+    lr: float,
+    model_kwargs: tuple[str, ...],
+    target: str | None,
+    verbose: bool,
+    as_json: bool,
+) -> None:
+    """Train a model on a dataset (a Prefect flow; cached by content, receipt signed)."""
+    from flows.zoo import model_modules
+
+    model_modules(model)  # an unknown model name fails here, before any flow starts
+    kwargs = _kwargs(model_kwargs)
+    cid, _ = _resolve(ctx, dataset, target)
+    _flow_env(ctx, verbose)
+    from flows.pipelines import train_flow
+
+    result = train_flow(dataset=cid, model=model, epochs=epochs, seed=seed,
+                        batch_size=batch_size, lr=lr, model_kwargs=kwargs or None)  # fmt: skip
+    m = result["metrics"]
+    shown = "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch")
+    _report(
+        result, as_json, [f"model: {result['model']}", f"after epoch {m.get('epoch')}: {shown}"]
+    )
+
+
+@cli.command()
+@click.option("--model", required=True, metavar="REF_OR_CID")
+@click.option("--dataset", required=True, metavar="REF_OR_CID")
+@registry_option
+@verbose_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def evaluate(
+    ctx: click.Context, model: str, dataset: str, target: str | None, verbose: bool, as_json: bool
+) -> None:
+    """Accuracy, loss and confusion matrix of a model on a dataset's test split."""
+    model_cid, _ = _resolve(ctx, model, target)
+    data_cid, _ = _resolve(ctx, dataset, target)
+    _flow_env(ctx, verbose)
+    from flows.pipelines import evaluate_flow
+
+    result = evaluate_flow(model=model_cid, dataset=data_cid)
+    m = result["metrics"]
+    lines = [f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}",
+             f"metrics artifact (confusion matrix): {result['metrics_artifact']}"]  # fmt: skip
+    _report(result, as_json, lines)
+
+
+@cli.command()
+@click.option("--model", required=True, metavar="REF_OR_CID")
+@click.option("--dataset", required=True, metavar="REF_OR_CID")
+@click.option("--split", default="test", show_default=True, help="Which x to predict.")
+@click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=1024, show_default=True)
+@registry_option
+@verbose_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def infer(
+    ctx: click.Context,
+    model: str,
+    dataset: str,
+    split: str,
+    batch_size: int,
+    target: str | None,
+    verbose: bool,
+    as_json: bool,
+) -> None:
+    """Predict class ids for a dataset, batch by batch; prints the predictions' CID."""
+    model_cid, _ = _resolve(ctx, model, target)
+    data_cid, _ = _resolve(ctx, dataset, target)
+    _flow_env(ctx, verbose)
+    from flows.pipelines import infer_flow
+
+    result = infer_flow(model=model_cid, dataset=data_cid, split=split, batch_size=batch_size)
+    _report(result, as_json, [f"predictions: {result['predictions']} ({result['rows']} rows)"])

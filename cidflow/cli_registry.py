@@ -138,6 +138,10 @@ def publish(
 
     identity = _identity(ctx, key_name)
     registry = _registry(ctx, target)
+    if source.split(":", 1)[0] in ("sklearn", "dvc") and not Path(source).exists():
+        from flows.datasets import put_dataset  # a dataset source: load it, store it as arrays
+
+        source = str(put_dataset(_store(ctx), source))
     with _progress("adding", None, not as_json) as advance:
         result, body = do_publish(
             _store(ctx), registry, identity, source, name=name, version=version,
