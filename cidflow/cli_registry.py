@@ -115,6 +115,7 @@ def _show_key(identity: Any, name: str, as_json: bool) -> None:
 @click.option("--price", default=None, metavar="AMOUNT [CUR]", help="e.g. '12.50 EUR' (free).")
 @click.option("--description", default="", help="What it is (at most 4096 characters).")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option("--receipt", default=None, metavar="CID", help="Receipt of the run that made it.")
 @click.option("--key", "key_name", default=None, help="Publisher key name.")
 @registry_option
 @json_option
@@ -128,6 +129,7 @@ def publish(
     price: str | None,
     description: str,
     tags: tuple[str, ...],
+    receipt: str | None,
     key_name: str | None,
     target: str | None,
     as_json: bool,
@@ -138,6 +140,12 @@ def publish(
 
     identity = _identity(ctx, key_name)
     registry = _registry(ctx, target)
+    if receipt is not None:
+        from flows.receipts import load_receipt  # a receipt must verify and name what it made
+
+        made = load_receipt(_store(ctx, read_only=True), receipt)
+        if not Path(source).exists() and source not in made.outputs:
+            raise ValueError(f"receipt {receipt} did not produce {source}")
     if source.split(":", 1)[0] in ("sklearn", "dvc") and not Path(source).exists():
         from flows.datasets import put_dataset  # a dataset source: load it, store it as arrays
 
@@ -146,7 +154,7 @@ def publish(
         result, body = do_publish(
             _store(ctx), registry, identity, source, name=name, version=version,
             license=license_, price=parse_price(price), description=description, tags=tags,
-            progress=advance,
+            receipt=receipt, progress=advance,
         )  # fmt: skip
     out = {"name": body["asset"], "version": body["version"], "cid": body["cid"]}
     out.update({"seq": result.seq, "existing": result.existing, "publisher": identity.id})

@@ -3,8 +3,9 @@
 Adds scikit-learn's digits (shipped inside the package: no download) as a dataset folder,
 shows it, verifies it, exports it and checks the export is byte-identical; publishes it in the
 signed registry, publishes a second version with one file changed (only the change is stored),
-pulls the first version back and verifies the registry's log. Every step runs the real
-``cidflow`` command, as a user would type it.
+pulls the first version back and verifies the registry's log; then trains an MLP on it,
+evaluates, infers, publishes the model with its signed receipt, shows its lineage, and trains
+again to show the cache hit. Every step runs the real ``cidflow`` command, as a user would.
 """
 
 from __future__ import annotations
@@ -117,6 +118,29 @@ def main() -> None:
     if not same:
         sys.exit(1)
     run("registry", "verify")
+
+    console.rule("[bold]train, evaluate and infer as Prefect flows; publish the model")
+    trained = json.loads(run("train", "--dataset", "demo/digits@1.0.0", "--model", "mlp",
+                             "--epochs", "8", "--seed", "0", "--json"))  # fmt: skip
+    run("evaluate", "--model", trained["model"], "--dataset", "demo/digits@1.0.0")
+    run("infer", "--model", trained["model"], "--dataset", "demo/digits@1.0.0")
+    run("publish", trained["model"], "--name", "demo/digits-mlp", "--version", "1.0.0",
+        "--license", "MIT", "--receipt", trained["receipt"],
+        "--description", "MLP trained on demo/digits@1.0.0")  # fmt: skip
+    run("search", "demo")
+    run("lineage", "demo/digits-mlp")
+
+    console.rule("[bold]the same training again: served from the cache")
+    started_again = time.perf_counter()
+    again = json.loads(run("train", "--dataset", "demo/digits@1.0.0", "--model", "mlp",
+                           "--epochs", "8", "--seed", "0", "--json"))  # fmt: skip
+    console.print(
+        f"cached: [bold]{again['cached']}[/bold], same model CID: "
+        f"[bold]{again['model'] == trained['model']}[/bold] "
+        f"({time.perf_counter() - started_again:.1f}s, mostly Prefect's start-up)"
+    )
+    if not again["cached"] or again["model"] != trained["model"]:
+        sys.exit(1)
     run("log")
     run("ls")
     run("gc", "--dry-run")

@@ -18,12 +18,21 @@ __all__ = ["evaluate", "evaluate_flow", "infer", "infer_flow", "train", "train_f
 MODEL_ATTR = "cidflow.model"
 
 
+def _find(names: Any, split: str, stem: str) -> str | None:
+    """The array holding ``stem`` of ``split``: ``train/x`` in an arrays artifact, or
+    ``train/x.npy`` in a folder that was added as files; the unsplit ``x`` as a fallback."""
+    for name in (f"{split}/{stem}", f"{split}/{stem}.npy", stem, f"{stem}.npy"):
+        if name in names:
+            return name
+    return None
+
+
 def _supervised(store: ArtifactStore, dataset: str, split: str) -> tuple[Any, Any]:
-    arrays = store.open_artifact(dataset).arrays()
-    for prefix in (f"{split}/", ""):
-        if f"{prefix}x" in arrays and f"{prefix}y" in arrays:
-            art = store.open_artifact(dataset)
-            return art.array(f"{prefix}x"), art.array(f"{prefix}y")
+    art = store.open_artifact(dataset)
+    arrays = art.arrays()
+    xname, yname = _find(arrays, split, "x"), _find(arrays, split, "y")
+    if xname is not None and yname is not None:
+        return art.array(xname), art.array(yname)
     raise DatasetError(
         f"dataset {dataset} has no {split}/x and {split}/y (nor x and y): "
         f"it holds {sorted(arrays) or 'no arrays'}"
@@ -68,12 +77,13 @@ def train(
     log = get_run_logger()
     x_arr, y_arr = _supervised(store, dataset, "train")
     x, y = np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64)
-    arrays = store.open_artifact(dataset).arrays()
+    art = store.open_artifact(dataset)
+    arrays = art.arrays()
     x_val = y_val = None
-    if "test/x" in arrays and "test/y" in arrays:
-        art = store.open_artifact(dataset)
-        x_val = np.asarray(art.array("test/x")[...], dtype=np.float32)
-        y_val = np.asarray(art.array("test/y")[...], dtype=np.int64)
+    vx, vy = _find(arrays, "test", "x"), _find(arrays, "test", "y")
+    if vx is not None and vy is not None and vx.startswith("test/"):
+        x_val = np.asarray(art.array(vx)[...], dtype=np.float32)
+        y_val = np.asarray(art.array(vy)[...], dtype=np.int64)
     n_classes = _n_classes(store, dataset, y)
     kwargs = dict(model_kwargs or {})
     net = build_model(
@@ -144,8 +154,8 @@ def infer(model: str, dataset: str, split: str = "test", batch_size: int = 1024)
     store = current_runtime().store
     art = store.open_artifact(dataset)
     names = art.arrays()
-    xname = f"{split}/x" if f"{split}/x" in names else "x"
-    if xname not in names:
+    xname = _find(names, split, "x")
+    if xname is None:
         raise DatasetError(f"dataset {dataset} has no {split}/x or x array")
     x = art.array(xname)
     net = _load_model(store, model)
