@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 if TYPE_CHECKING:
     from artifacts.store import ArtifactStore
+    from registry.publish import RegistryLike
 
 __all__ = ["cli", "main"]
 
@@ -378,6 +380,34 @@ def unpin(ctx: click.Context, cid: str) -> None:
 
 def main() -> None:
     cli(prog_name="cidflow")
+
+
+# -- shared by the registry and flow commands ------------------------------------------------
+registry_option = click.option(
+    "--registry",
+    "target",
+    envvar="CIDFLOW_REGISTRY",
+    metavar="URL_OR_PATH",
+    help="Registry service URL, database URL or SQLite file (default: HOME/registry.db).",
+)
+
+
+def _home(ctx: click.Context) -> Path:
+    from artifacts.settings import ArtifactSettings
+
+    home = ctx.obj.get("home")
+    return Path(home).expanduser().absolute() if home else ArtifactSettings().home.expanduser()
+
+
+def _registry(ctx: click.Context, target: str | None) -> RegistryLike:
+    if target and target.startswith(("http://", "https://")):
+        from registry.client import RegistryClient
+        from registry.settings import RegistrySettings
+
+        return RegistryClient(target, token=RegistrySettings().registry_token)
+    from registry.local import open_registry
+
+    return open_registry(target, _home(ctx))
 
 
 from cidflow import cli_registry as _cli_registry  # noqa: E402  (registers the registry commands)

@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from cidflow.cli import _emit_json, _store, cli
-from cidflow.cli_registry import _registry, registry_option
+from cidflow.cli import _emit_json, _registry, _store, cli, registry_option
 
 
 def _resolve(ctx: click.Context, ref_or_cid: str, target: str | None) -> tuple[str, str | None]:
@@ -77,7 +76,7 @@ def _flow_env(ctx: click.Context, verbose: bool) -> None:
     Must run before prefect is imported; a value already in the environment wins."""
     import os
 
-    from cidflow.cli_registry import _home
+    from cidflow.cli import _home
 
     home = _home(ctx)
     os.environ["CIDFLOW_HOME"] = str(home)

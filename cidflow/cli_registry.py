@@ -9,39 +9,24 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cidflow.cli import _emit_json, _progress, _size, _store, cli, json_option
+from cidflow.cli import (
+    _emit_json,
+    _home,
+    _progress,
+    _registry,
+    _size,
+    _store,
+    cli,
+    json_option,
+    registry_option,
+)
 
 if TYPE_CHECKING:
-    from registry.publish import RegistryLike
+    pass
 
-registry_option = click.option(
-    "--registry",
-    "target",
-    envvar="CIDFLOW_REGISTRY",
-    metavar="URL_OR_PATH",
-    help="Registry service URL, database URL or SQLite file (default: HOME/registry.db).",
-)
 at_option = click.option(
     "--at", type=click.IntRange(min=0), default=None, help="Answer as of registry version SEQ."
 )
-
-
-def _home(ctx: click.Context) -> Path:
-    from artifacts.settings import ArtifactSettings
-
-    home = ctx.obj.get("home")
-    return Path(home).expanduser().absolute() if home else ArtifactSettings().home.expanduser()
-
-
-def _registry(ctx: click.Context, target: str | None) -> RegistryLike:
-    if target and target.startswith(("http://", "https://")):
-        from registry.client import RegistryClient
-        from registry.settings import RegistrySettings
-
-        return RegistryClient(target, token=RegistrySettings().registry_token)
-    from registry.local import open_registry
-
-    return open_registry(target, _home(ctx))
 
 
 def _identity(ctx: click.Context, name: str | None = None) -> Any:

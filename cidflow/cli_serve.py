@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from cidflow.cli_registry import _home, registry_group
+from cidflow.cli import _home
+from cidflow.cli_registry import registry_group
 
 __all__ = ["load_or_create_token", "registry_serve"]
 
