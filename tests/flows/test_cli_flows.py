@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from artifacts.store import ArtifactStore
@@ -81,3 +82,29 @@ def test_publish_train_evaluate_infer_lineage(tmp_path: Path) -> None:
     nan = _cli(home, env, "train", "--dataset", "demo/digits", "--lr", "1e30", "--epochs", "1")
     _one_error(nan, "loss is nan")
     assert {a.cid for a in store.list()} == before
+
+
+@pytest.mark.xdist_group("prefect")
+@pytest.mark.slow
+def test_user_models_that_do_not_fit_or_raise_fail_clearly(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "usernets.py").write_text(
+        "import torch\n\n"
+        "def too_narrow(input_shape, n_classes):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, n_classes))\n\n"
+        "def broken(input_shape, n_classes):\n"
+        "    raise RuntimeError('no GPU kernels here')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(models))
+    data = ArtifactStore(home).put_arrays(
+        {"x": np.zeros((40, 64), dtype="f4"), "y": np.arange(40) % 4}
+    )
+    before = {a.cid for a in ArtifactStore(home).list()}
+    narrow = _cli(home, env, "train", "--dataset", str(data), "--model", "usernets:too_narrow")
+    _one_error(narrow, "shape")
+    broken = _cli(home, env, "train", "--dataset", str(data), "--model", "usernets:broken")
+    _one_error(broken, "usernets:broken")
+    assert {a.cid for a in ArtifactStore(home).list()} == before  # no model was stored
