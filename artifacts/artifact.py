@@ -66,6 +66,7 @@ class Artifact:
         self.store = store
         self.cid: CID = store.root
         self.manifest: RootManifest = manifest
+        self._metadata: dict[str, dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"Artifact('{self.cid}', kind={self.kind!r})"
@@ -117,7 +118,14 @@ class Artifact:
         return total
 
     def metadata(self) -> dict[str, dict[str, Any]]:
-        """Every zarr node's metadata document, by node path (``""`` is the root group)."""
+        """Every zarr node's metadata document, by node path (``""`` is the root group).
+
+        Read once per :class:`Artifact`: an artifact never changes under its CID."""
+        if self._metadata is None:
+            self._metadata = self._read_metadata()
+        return self._metadata
+
+    def _read_metadata(self) -> dict[str, dict[str, Any]]:
         table = self.store._table("")
         out: dict[str, dict[str, Any]] = {}
         if table is None:

@@ -233,10 +233,7 @@ def show(ctx: click.Context, cid: str, as_json: bool) -> None:
 
 def _exists(ctx: click.Context) -> bool:
     """Whether the home exists (read commands then open it read-only)."""
-    from artifacts.settings import ArtifactSettings
-
-    home = ctx.obj.get("home")
-    return os.path.isdir(home) if home else ArtifactSettings().home.is_dir()
+    return _home(ctx).is_dir()
 
 
 @cli.command()

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from artifacts.artifact import Artifact
 from artifacts.store import ArtifactStore
 from flows.errors import DatasetError, ModelSpecError
 from flows.tasks import cid_task, current_runtime
@@ -27,20 +28,19 @@ def _find(names: Any, split: str, stem: str) -> str | None:
     return None
 
 
-def _supervised(store: ArtifactStore, dataset: str, split: str) -> tuple[Any, Any]:
-    art = store.open_artifact(dataset)
+def _supervised(art: Artifact, split: str) -> tuple[Any, Any]:
     arrays = art.arrays()
     xname, yname = _find(arrays, split, "x"), _find(arrays, split, "y")
     if xname is not None and yname is not None:
         return art.array(xname), art.array(yname)
     raise DatasetError(
-        f"dataset {dataset} has no {split}/x and {split}/y (nor x and y): "
+        f"dataset {art.cid} has no {split}/x and {split}/y (nor x and y): "
         f"it holds {sorted(arrays) or 'no arrays'}"
     )
 
 
-def _n_classes(store: ArtifactStore, dataset: str, y: np.ndarray) -> int:
-    schema = store.open_artifact(dataset).attrs.get("schema", {})
+def _n_classes(art: Artifact, y: np.ndarray) -> int:
+    schema = art.attrs.get("schema", {})
     classes = schema.get("classes") if isinstance(schema, dict) else None
     if isinstance(classes, int) and classes > 0:
         return classes
@@ -75,16 +75,16 @@ def train(
 
     store = current_runtime().store
     log = get_run_logger()
-    x_arr, y_arr = _supervised(store, dataset, "train")
-    x, y = np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64)
     art = store.open_artifact(dataset)
+    x_arr, y_arr = _supervised(art, "train")
+    x, y = np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64)
     arrays = art.arrays()
     x_val = y_val = None
     vx, vy = _find(arrays, "test", "x"), _find(arrays, "test", "y")
     if vx is not None and vy is not None and vx.startswith("test/"):
         x_val = np.asarray(art.array(vx)[...], dtype=np.float32)
         y_val = np.asarray(art.array(vy)[...], dtype=np.int64)
-    n_classes = _n_classes(store, dataset, y)
+    n_classes = _n_classes(art, y)
     kwargs = dict(model_kwargs or {})
     net = build_model(
         model, input_shape=tuple(x.shape[1:]), n_classes=n_classes, seed=seed, **kwargs
@@ -128,7 +128,7 @@ def evaluate(model: str, dataset: str, batch_size: int = 256) -> dict[str, Any]:
     from flows.training import evaluate_model
 
     store = current_runtime().store
-    x_arr, y_arr = _supervised(store, dataset, "test")
+    x_arr, y_arr = _supervised(store.open_artifact(dataset), "test")
     net = _load_model(store, model)
     metrics = evaluate_model(
         net, np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64),

@@ -189,10 +189,7 @@ class Registry:
         head = Head(
             seq, hash, self.identity.sign(head_message(seq, hash)), self.identity.public_key
         )
-        body = canonical_json(head.as_json()).decode()
-        updated = conn.execute(meta.update().where(meta.c.k == "head").values(v=body))
-        if updated.rowcount == 0:
-            conn.execute(meta.insert().values(k="head", v=body))
+        _put_meta(conn, "head", canonical_json(head.as_json()).decode())
         return head
 
     def _meta(self, key: str) -> str | None:
@@ -483,17 +480,17 @@ class Registry:
                 added += 1
             if our_seq + added != head.seq or last_hash != head.hash:
                 raise MirrorError("source records do not end at its signed head")
-            body = canonical_json(head.as_json()).decode()
-            if conn.execute(meta.update().where(meta.c.k == "head").values(v=body)).rowcount == 0:
-                conn.execute(meta.insert().values(k="head", v=body))
-            if (
-                conn.execute(meta.update().where(meta.c.k == "registry_key").values(v=key)).rowcount
-                == 0
-            ):
-                conn.execute(meta.insert().values(k="registry_key", v=key))
+            _put_meta(conn, "head", canonical_json(head.as_json()).decode())
+            _put_meta(conn, "registry_key", key)
             if pinned is None:
-                conn.execute(meta.insert().values(k="source_key", v=key))
+                _put_meta(conn, "source_key", key)
             return added
+
+
+def _put_meta(conn: sa.Connection, key: str, value: str) -> None:
+    """Insert or replace one row of the ``meta`` table (inside the caller's transaction)."""
+    if conn.execute(meta.update().where(meta.c.k == key).values(v=value)).rowcount == 0:
+        conn.execute(meta.insert().values(k=key, v=value))
 
 
 def read_export(path: str) -> tuple[Head, list[Record]]:
