@@ -5,6 +5,10 @@ CID, cached by content, one signed receipt per execution; each flow is a real Pr
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,13 +169,35 @@ def infer(model: str, dataset: str, split: str = "test", batch_size: int = 1024)
         for start in range(0, rows, batch_size):
             yield np.asarray(x[start : start + batch_size], dtype=np.float32)
 
-    predictions = np.fromiter(
-        (int(p) for batch in predict_batches(net, batches()) for p in batch), dtype=np.int64,
-        count=rows,
-    )  # fmt: skip
-    cid = store.put_arrays({"predictions": predictions}, attrs={"model": model, "dataset": dataset},
-                           source="infer")  # fmt: skip
+    with _prediction_buffer(store, rows) as predictions:
+        pos = 0
+        for batch in predict_batches(net, batches()):
+            predictions[pos : pos + len(batch)] = batch
+            pos += len(batch)
+        attrs = {"model": model, "dataset": dataset}
+        cid = store.put_arrays({"predictions": predictions}, attrs=attrs, source="infer")
     return {"predictions": str(cid), "rows": rows}
+
+
+#: Predictions larger than this go to a memory-mapped file in the home's ``tmp/``, not RAM.
+_IN_MEMORY_PREDICTIONS = 64 << 20
+
+
+@contextlib.contextmanager
+def _prediction_buffer(store: ArtifactStore, rows: int) -> Iterator[np.ndarray]:
+    if rows * 8 <= _IN_MEMORY_PREDICTIONS:
+        yield np.empty(rows, dtype=np.int64)
+        return
+    tmp = store.home / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp, prefix="infer-") as folder:
+        buffer = np.lib.format.open_memmap(
+            Path(folder) / "predictions.npy", mode="w+", dtype=np.int64, shape=(rows,)
+        )
+        try:
+            yield buffer
+        finally:
+            del buffer
 
 
 def _flow(name: str, step: Any) -> Any:
