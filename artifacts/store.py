@@ -284,17 +284,24 @@ class ArtifactStore:
         pin: bool = True,
         progress: Progress | None = None,
         on_skip: Callable[[Path, str], None] | None = None,
+        links_within: str | os.PathLike[str] | None = None,
+        exclude: Callable[[str], bool] | None = None,
     ) -> CID:
         """Store a file or a folder as a ``files`` artifact, streaming every file.
 
-        ``.npy`` files become zarr arrays (and come back byte-identical). Symbolic links are
-        never followed out of the folder: a link to a file inside it is stored as that file,
-        anything else is skipped and reported to ``on_skip``.
+        ``.npy``, ``.npz`` and ``.safetensors`` files become zarr arrays (and come back
+        byte-identical). Symbolic links are never followed out of the folder (or out of
+        ``links_within``, a folder around it, such as a Hugging Face cache repo whose snapshots
+        link into its ``blobs/``): a link to a file inside is stored as that file, anything else
+        is skipped and reported to ``on_skip``. Relative paths for which ``exclude`` is true
+        are left out silently.
         """
         root = Path(path)
         if not root.exists() and not root.is_symlink():
             raise FileNotFoundError(f"no such file or folder: {root}")
-        files = _collect_files(root, on_skip)
+        files = _collect_files(root, on_skip, Path(links_within) if links_within else None)
+        if exclude is not None:
+            files = [(rel, p) for rel, p in files if not exclude(rel)]
         attrs = dict(attrs or {})
         attrs["files"] = len(files)  # reserved: what was stored, not what was claimed
         attrs["bytes"] = sum(p.stat().st_size for _, p in files)
@@ -538,7 +545,7 @@ def _delete_node(cas: CASStore, name: str) -> None:
 
 
 def _collect_files(
-    root: Path, on_skip: Callable[[Path, str], None] | None
+    root: Path, on_skip: Callable[[Path, str], None] | None, links_within: Path | None = None
 ) -> list[tuple[str, Path]]:
     """(relative path, real path) of every regular file under ``root``, sorted."""
     if root.is_symlink():
@@ -547,7 +554,7 @@ def _collect_files(
         return [(root.name, root)]
     if not root.is_dir():
         raise UnsupportedInputError(f"{root} is neither a regular file nor a folder")
-    base = root.resolve()
+    base = (links_within or root).resolve()
     out: list[tuple[str, Path]] = []
     for folder, dirs, names in os.walk(root, followlinks=False):
         dirs.sort()
@@ -560,14 +567,14 @@ def _collect_files(
         for name in sorted(names):
             p = here / name
             rel = p.relative_to(root).as_posix()
+            source = p
             if p.is_symlink():
-                target = p.resolve()
-                if target.is_file() and target.is_relative_to(base):
-                    out.append((rel, target))
-                elif on_skip:
-                    on_skip(p, "symbolic link pointing outside the folder (not followed)")
-                continue
-            if not p.is_file():
+                source = p.resolve()
+                if not (source.is_file() and source.is_relative_to(base)):
+                    if on_skip:
+                        on_skip(p, "symbolic link pointing outside the folder (not followed)")
+                    continue
+            elif not p.is_file():
                 if on_skip:
                     on_skip(p, "not a regular file")
                 continue
@@ -575,7 +582,7 @@ def _collect_files(
                 validate_key(rel)
             except ValueError as exc:
                 raise UnsupportedInputError(f"cannot store {p}: {exc}") from None
-            out.append((rel, p))
+            out.append((rel, source))
     return sorted(out)
 
 

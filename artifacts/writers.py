@@ -28,6 +28,7 @@ from artifacts.encoding import (
     rows_per_block,
     sample_ranges,
 )
+from artifacts.safetensors_io import read_safetensors_layout
 from artifacts.zarr_store import CASStore
 
 __all__ = ["BLOCK_BYTES", "FILE_ATTR", "EncodeOptions", "write_array", "write_file"]
@@ -210,6 +211,7 @@ class _Region:
     end: int
     npy: NpyLayout | None = None
     name: str = ""
+    extra: dict[str, Any] | None = None  # more ARRAY_ATTR fields (a tensor's own dtype)
 
 
 def _npz_regions(f: BinaryIO, size: int) -> list[_Region] | None:
@@ -238,6 +240,18 @@ def _npz_regions(f: BinaryIO, size: int) -> list[_Region] | None:
     return regions or None
 
 
+def _safetensors_regions(f: BinaryIO, size: int) -> list[_Region] | None:
+    """Each tensor of a safetensors file as a typed array region (no per-region header)."""
+    tensors = read_safetensors_layout(f, size)
+    if not tensors:
+        return None
+    return [
+        _Region(t.start, t.end, NpyLayout(b"", t.shape, t.dtype), t.name,
+                {"tensor": {"name": t.name, "dtype": t.st_dtype, "torch_dtype": t.torch_dtype}})
+        for t in tensors
+    ]  # fmt: skip
+
+
 def write_file(
     cas: CASStore,
     index: int,
@@ -251,11 +265,13 @@ def write_file(
 
     A plain file is one ``uint8`` array; an ``.npy`` file is its header plus a typed array; an
     ``.npz`` whose members are stored uncompressed keeps its zip structure as small byte
-    segments and each member as a typed array. Concatenated, the segments are the file.
+    segments and each member as a typed array; a ``.safetensors`` file keeps its header as
+    bytes and each tensor as a typed array (so models sharing tensors share chunks).
+    Concatenated, the segments are the file.
     """
     size = source.stat().st_size
     node = f"files/{index}"
-    suffix = source.suffix.lower()
+    suffix = Path(rel_path).suffix.lower()  # the name, not a link target (hub cache blobs)
     with open(source, "rb") as f:
         regions: list[_Region] | None = None
         if suffix == ".npy":
@@ -263,6 +279,8 @@ def write_file(
             regions = [_Region(0, size, layout)] if layout else None
         elif suffix == ".npz":
             regions = _npz_regions(f, size)
+        elif suffix == ".safetensors":
+            regions = _safetensors_regions(f, size)
         if not regions:
             entry = {"path": rel_path, "size": size, "segments": [["array", node]]}
             _write_range(cas, f, node, 0, size, rel_path, entry, options, progress)
@@ -303,7 +321,8 @@ def write_file(
                 )
             else:
                 name = f"{rel_path}/{region.name}"
-                _write_npy(cas, f, member, region.start, region.npy, name, None, options, progress)
+                _write_npy(cas, f, member, region.start, region.npy, name, None, options, progress,
+                           extra=region.extra)  # fmt: skip
     return entry
 
 
@@ -334,10 +353,14 @@ def _write_npy(
     entry: dict[str, Any] | None,
     options: EncodeOptions,
     progress: Progress | None,
+    *,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     offset = start + len(layout.header)
     row = layout.dtype.itemsize * int(np.prod(layout.shape[1:], dtype=np.int64))
     attributes: dict[str, Any] = {ARRAY_ATTR: {"dtype": layout.dtype.str, "path": name}}
+    if extra:
+        attributes[ARRAY_ATTR].update(extra)
     if entry is not None:
         attributes[FILE_ATTR] = entry
     write_array(
