@@ -413,3 +413,6 @@ del _cli_registry
 from cidflow import cli_flows as _cli_flows  # noqa: E402  (registers the flow commands)
 
 del _cli_flows
+from cidflow import cli_hf as _cli_hf  # noqa: E402  (registers the Hugging Face commands)
+
+del _cli_hf

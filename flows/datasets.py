@@ -18,6 +18,10 @@ Sources understood by :func:`load_source`:
     Numeric feature columns; the label column is ``label=`` or else the first of ``label``,
     ``target``, ``y`` present; without one the data are unsupervised (only ``x``). Non-numeric
     label values become sorted class ids, the names go in ``schema["class_names"]``.
+``hf:REPO_ID[@REVISION][:FILE]``
+    A Hugging Face *dataset* repo from the hub cache (``HF_HUB_OFFLINE=1`` reads only the
+    cache): ``FILE`` inside it (``.npy``/``.npz``/``.csv``/``.parquet``), parsed as above; without
+    ``FILE`` the repo must hold exactly one such file.
 ``dvc:PATH@REV``
     ``PATH`` as it was at git revision ``REV`` of the DVC/git repository in the current directory
     (read with ``dvc.api.open``), then parsed by its suffix as above.
@@ -130,12 +134,14 @@ def _read(source: str, *, label: str | None, revision: str | None) -> _Raw:
         return _read_sklearn(source[len("sklearn:") :])
     if source.startswith("dvc:"):
         return _read_dvc(source[len("dvc:") :], label=label, revision=revision)
+    if source.startswith("hf:"):
+        return _read_hf(source[len("hf:") :], label=label, revision=revision)
     match = _SCHEME.match(source)
     # One-letter "schemes" are drive letters; an existing path wins over a scheme-like prefix.
     if match and len(match.group(1)) > 1 and not os.path.exists(source):
         raise DatasetError(
             f"unknown dataset scheme {match.group(1)!r} in {source!r} "
-            "(expected sklearn:NAME, dvc:PATH@REV or a local path)"
+            "(expected sklearn:NAME, hf:REPO_ID, dvc:PATH@REV or a local path)"
         )
     path = Path(source).expanduser()
     if not path.exists():
@@ -146,6 +152,42 @@ def _read(source: str, *, label: str | None, revision: str | None) -> _Raw:
     with _reading(source):
         data = path.read_bytes()
     return _parse_bytes(data, kind, {"kind": kind, "name": path.name}, label=label, where=source)
+
+
+_HF_SPEC = re.compile(r"^(?P<repo>[^@:]+)(?:@(?P<rev>[^:]+))?(?::(?P<file>.+))?$")
+
+
+def _read_hf(spec: str, *, label: str | None, revision: str | None) -> _Raw:
+    from flows.errors import HubError
+    from flows.hf import resolve_hub_source
+
+    match = _HF_SPEC.match(spec)
+    if not match:
+        raise DatasetError(f"hf:{spec} is not hf:REPO_ID[@REVISION][:FILE]")
+    repo, rev, name = match.group("repo"), match.group("rev") or revision, match.group("file")
+    try:
+        folder = resolve_hub_source(repo, rev, repo_type="dataset")
+    except HubError as exc:
+        raise DatasetError(str(exc)) from None
+    if name is None:
+        found = sorted(
+            p.relative_to(folder.path).as_posix() for p in folder.path.rglob("*")
+            if Path(p.name).suffix.lower() in _FILE_KINDS and not p.name.startswith(".")
+        )  # fmt: skip
+        if len(found) != 1:
+            listing = ", ".join(found[:10]) or "none"
+            raise DatasetError(
+                f"hf:{spec}: name the data file as hf:{repo}:FILE (data files: {listing})"
+            )
+        name = found[0]
+    path = folder.path / name
+    if ".." in Path(name).parts or not path.is_file():
+        raise DatasetError(f"hf:{spec}: no file {name!r} in the repo")
+    kind = _file_kind(name)
+    with _reading(f"hf:{spec}"):
+        data = path.read_bytes()
+    info = {"kind": "hf", "name": repo, "file": name, "commit": folder.commit}
+    return _parse_bytes(data, kind, info, label=label, where=f"hf:{spec}")
 
 
 def _file_kind(name: str) -> str:

@@ -8,7 +8,8 @@
     ├── DatasetError        (ValueError)       an unknown or unreadable dataset source
     ├── ModelSpecError      (ValueError)       an unknown model, or a user factory that fails
     ├── ShapeMismatchError  (ValueError)       a model whose input does not fit the dataset
-    └── TrainingError       (RuntimeError)     training failed (NaN loss, say)
+    ├── TrainingError       (RuntimeError)     training failed (NaN loss, say)
+    └── HubError            (ValueError)       a Hugging Face repo that cannot be found or read
 """
 
 from __future__ import annotations
@@ -40,3 +41,7 @@ class ShapeMismatchError(FlowError, ValueError):
 
 class TrainingError(FlowError, RuntimeError):
     """Training failed, e.g. the loss became NaN; nothing is published."""
+
+
+class HubError(FlowError, ValueError):
+    """A Hugging Face source that is not a folder or repo id, not cached offline, or unreadable."""

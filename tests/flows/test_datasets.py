@@ -300,7 +300,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.parametrize(
     ("source", "kwargs", "message"),
     [
-        ("hf:org/model", {}, r"unknown dataset scheme 'hf'"),
+        ("s3:bucket/key.npy", {}, r"unknown dataset scheme 's3'"),
         ("sklearn:mnist", {}, r"unknown scikit-learn dataset 'mnist' \(expected one of"),
         ("sklearn:fetch_openml", {}, r"downloads data from the network"),
         ("{tmp}/nowhere.csv", {}, r"dataset source not found: .*nowhere\.csv"),
