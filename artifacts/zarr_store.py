@@ -208,6 +208,11 @@ class CASStore(Store):
         cid = await asyncio.to_thread(self.blobs.put, view)
         self._changes[key] = Ref(cid, view.nbytes)
 
+    def get_blob(self, key: str) -> bytes | None:
+        """The stored (encoded) value of ``key``, verified against its CID; None if absent."""
+        ref = self._lookup(key)
+        return None if ref is None else self.blobs.get(ref.cid)
+
     def set_blob(self, key: str, data: bytes | memoryview) -> Ref:
         """Store ``data`` as the (already encoded) value of ``key``; thread-safe, synchronous."""
         self._check_writable()
