@@ -11,11 +11,19 @@ meaning, so callers may catch either::
     ├── ManifestError            (ValueError)    a manifest that cannot be trusted or parsed
     │   └── UnsafePathError                      a key or path escaping its root
     ├── ReadOnlyError            (PermissionError)   write to a read-only store
+    ├── ReplicationError         (OSError)       replicas could not make r copies, or serve a blob
     ├── StoreBusyError           (TimeoutError)  a lock could not be taken in time
-    └── UnsupportedInputError    (ValueError)    data cidflow cannot store as asked
+    ├── UnsupportedInputError    (ValueError)    data cidflow cannot store as asked
+    ├── ClusterConfigError       (ValueError)    a home's cluster.json that cannot be used
+    └── PeerError                (OSError)       a peer node refused a request, or lied
+        ├── AccessDeniedError    (PermissionError)   the peer refused the token
+        └── PeerUnavailableError (ConnectionError)   no connection, or it broke
+            └── PeerTimeoutError (TimeoutError)  the peer did not answer in time
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class ArtifactError(Exception):
@@ -87,12 +95,75 @@ class ReadOnlyError(ArtifactError, PermissionError):
     """A write was attempted on a store opened read-only."""
 
 
+class ReplicationError(ArtifactError, OSError):
+    """The replicas of a replicated store could not together do what was asked.
+
+    A write that made fewer than ``required`` durable copies (``stored`` says how many), or a
+    read, listing or delete that no replica could answer. ``failures`` maps each node id that
+    failed to what it said.
+    """
+
+    def __init__(
+        self,
+        cid: object,
+        detail: str,
+        *,
+        failures: Mapping[str, str] | None = None,
+        stored: int | None = None,
+        required: int | None = None,
+    ) -> None:
+        self.cid = str(cid) if cid is not None else None
+        self.detail = detail
+        self.failures: dict[str, str] = dict(failures or {})
+        self.stored = stored
+        self.required = required
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = f"blob {self.cid}: " if self.cid else ""
+        said = "; ".join(f"{node}: {reason}" for node, reason in self.failures.items())
+        return f"{where}{self.detail}" + (f" ({said})" if said else "")
+
+    def __str__(self) -> str:  # OSError would otherwise format its args as (errno, strerror)
+        return self._message()
+
+
 class StoreBusyError(ArtifactError, TimeoutError):
     """A store lock could not be taken within the allowed time."""
 
 
 class UnsupportedInputError(ArtifactError, ValueError):
     """Input that cidflow cannot store as asked (unsupported dtype, non-finite attribute...)."""
+
+
+class ClusterConfigError(ArtifactError, ValueError):
+    """A home's ``cluster.json`` that cannot be used (malformed, no nodes, unreadable token)."""
+
+
+class PeerError(ArtifactError, OSError):
+    """A peer node at ``url`` refused a request (``status``, its HTTP status, when it answered)
+    or answered something the blob protocol does not allow."""
+
+    def __init__(self, url: str, detail: str, status: int | None = None) -> None:
+        self.url = url
+        self.detail = detail
+        self.status = status
+        super().__init__(f"peer {url}: {detail}")
+
+    def __str__(self) -> str:
+        return f"peer {self.url}: {self.detail}"
+
+
+class AccessDeniedError(PeerError, PermissionError):
+    """The peer refused the bearer token: none was sent (401) or it is wrong (403)."""
+
+
+class PeerUnavailableError(PeerError, ConnectionError):
+    """The peer cannot be reached (refused, unknown host) or the connection broke mid-answer."""
+
+
+class PeerTimeoutError(PeerUnavailableError, TimeoutError):
+    """The peer did not connect or answer within the configured timeout."""
 
 
 def _clip(text: str, limit: int = 80) -> str:

@@ -7,6 +7,8 @@ Layout under ``root``::
 
 A write goes to a unique temporary file, is fsynced, then renamed into place, so a crash leaves
 either no blob or the whole blob; :meth:`flush` fsyncs the folders that received new names.
+Bytes that arrive in pieces (an upload) go through :meth:`LocalBlobStore.open_writer` the same
+way, hashed as they are written and never held in memory.
 Temporary files left by dead processes are removed when a writable store is opened.
 """
 
@@ -25,12 +27,13 @@ import numpy as np
 
 from artifacts.blobstore.base import BlobStat, BlobStore
 from artifacts.cid import CID, HashName, as_cid
-from artifacts.errors import BlobNotFoundError, InvalidCIDError
+from artifacts.errors import BlobNotFoundError, CorruptBlobError, InvalidCIDError
 
-__all__ = ["LocalBlobStore"]
+__all__ = ["BlobWriter", "LocalBlobStore"]
 
 _TMP_SUFFIX = ".incomplete"
 _STALE_TMP_SECONDS = 24 * 3600
+_READ_CHUNK = 1 << 20
 # Tells this process's temp files from those of a dead process that had the same pid.
 _PROCESS_TOKEN = secrets.token_hex(4)
 
@@ -116,11 +119,8 @@ class LocalBlobStore(BlobStore):
                     os.utime(final)
                     return
             # A damaged leftover (wrong size or wrong bytes) is replaced by the verified bytes.
-        fan = final.parent
-        if fan.name not in self._fans:
-            fan.mkdir(exist_ok=True)
-            self._fans.add(fan.name)
-        tmp = self._tmp / f"{os.getpid()}-{_PROCESS_TOKEN}{secrets.token_hex(8)}{_TMP_SUFFIX}"
+        fan = self._make_fan(final)
+        tmp = self._temp_path()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             try:
@@ -139,6 +139,26 @@ class LocalBlobStore(BlobStore):
             raise
         with self._dirty_lock:
             self._dirty.add(str(fan))
+
+    def open_writer(self, cid: str | CID) -> BlobWriter:
+        """A :class:`BlobWriter` for bytes that should hash to ``cid`` and arrive in pieces.
+
+        Its :meth:`~BlobWriter.commit` refuses a mismatch with :class:`CorruptBlobError` (storing
+        nothing), keeps an intact existing copy, and otherwise moves the fsynced temporary file
+        into place; leaving its ``with`` block without committing removes the temporary file.
+        """
+        self._check_writable()
+        return BlobWriter(self, as_cid(cid))
+
+    def _temp_path(self) -> Path:
+        return self._tmp / f"{os.getpid()}-{_PROCESS_TOKEN}{secrets.token_hex(8)}{_TMP_SUFFIX}"
+
+    def _make_fan(self, final: Path) -> Path:
+        fan = final.parent
+        if fan.name not in self._fans:
+            fan.mkdir(exist_ok=True)
+            self._fans.add(fan.name)
+        return fan
 
     def flush(self) -> None:
         with self._dirty_lock:
@@ -210,6 +230,89 @@ class LocalBlobStore(BlobStore):
                     path.unlink()
                     removed += 1
         return removed
+
+
+class BlobWriter:
+    """Streams one blob into a temporary file of a :class:`LocalBlobStore`, hashing as it goes.
+
+    Made by :meth:`LocalBlobStore.open_writer`. Call :meth:`write` with each piece, then
+    :meth:`commit`; :meth:`abort` (also run when a ``with`` block ends) removes the temporary file
+    unless the blob was committed. Not for use by several threads at once.
+    """
+
+    def __init__(self, store: LocalBlobStore, cid: CID) -> None:
+        self.cid = cid
+        self.size = 0
+        self._store = store
+        self._hasher = cid.hasher()
+        self._tmp = store._temp_path()
+        self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        self._committed = False
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._fd is None:
+            raise ValueError(f"the writer for {self.cid} is closed")
+        view = memoryview(data).cast("B")
+        self._hasher.update(view)
+        self.size += view.nbytes
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def commit(self) -> bool:
+        """Check the hash and store the blob; whether new bytes were put in place (``False``:
+        an intact copy was already stored, and its last-written time is refreshed)."""
+        if self._fd is None:
+            raise ValueError(f"the writer for {self.cid} is closed")
+        store, final = self._store, self._store.path_of(self.cid)
+        try:
+            if self._hasher.digest() != self.cid.digest:
+                raise CorruptBlobError(self.cid, "received bytes do not match the CID")
+            if _intact(final, self.cid, self.size):
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(final)
+                    return False
+            if store._fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            fan = store._make_fan(final)
+            os.replace(self._tmp, final)
+            self._committed = True
+        finally:
+            self.abort()
+        with store._dirty_lock:
+            store._dirty.add(str(fan))
+        return True
+
+    def abort(self) -> None:
+        """Close and remove the temporary file (a no-op once committed or aborted)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not self._committed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+
+
+def _intact(path: Path, cid: CID, size: int) -> bool:
+    """Whether ``path`` holds ``size`` bytes that hash to ``cid`` (read in pieces)."""
+    hasher = cid.hasher()
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                return False
+            while chunk := f.read(_READ_CHUNK):
+                hasher.update(chunk)
+    except FileNotFoundError:
+        return False
+    return hasher.digest() == cid.digest
 
 
 def _same_bytes(path: Path, data: bytes | memoryview) -> bool:
