@@ -470,6 +470,11 @@ class ArtifactStore:
         """Delete blobs no kept artifact needs; see the module docstring for what is kept."""
         if self.read_only:
             raise ArtifactError("gc needs a writable store")
+        if not isinstance(self.blobs, LocalBlobStore) or (self.home / "cluster.json").exists():
+            raise ArtifactError(
+                f"gc refused: {self.home} is on a cluster, whose blobs other homes need "
+                "(it knows only its own artifacts); the cluster keeps every blob"
+            )
         grace = self.settings.gc_grace_seconds if grace is None else grace
         with self._lock(exclusive=True, timeout=timeout):
             cutoff = time.time() - grace
