@@ -38,8 +38,9 @@ from registry.errors import (
     SignatureError,
     VersionConflictError,
 )
-from registry.identity import fingerprint
+from registry.identity import Identity, fingerprint
 from registry.names import AssetName, Ref, matches, parse_name, parse_ref
+from registry.nodes import NodeInfo, node_entry, sort_key
 from registry.registry import AppendResult, Head, VersionInfo, check_head, fold_log
 
 __all__ = ["AuthError", "RegistryClient", "ServiceError"]
@@ -118,6 +119,33 @@ def _info(obj: object) -> VersionInfo:
             f"the service's answer for {info.name}@{info.version} does not match the entry its "
             f"publisher signed (which names {info.cid})",
             info.seq,
+        )
+    return info
+
+
+def _node(obj: object) -> NodeInfo:
+    """A node answer, checked against the node's signed entry that comes with it: the signature,
+    and that the node id is the fingerprint of the key that signed it."""
+    if not isinstance(obj, dict) or "entry" not in obj:
+        raise ServiceError("the service sent a node without its signed entry")
+    try:
+        entry = Signed.from_json(obj["entry"])
+        entry.verify()
+    except RegistryError as exc:
+        raise LogIntegrityError(
+            f"the signed entry for node {obj.get('node_id')} does not verify: {exc}"
+        ) from None
+    b = entry.body
+    if b["type"] != "node":
+        raise LogIntegrityError(f"the service sent a {b['type']} entry for a node")
+    signer = fingerprint(b["key"])
+    if b["node_id"] != signer:
+        raise LogIntegrityError(f"the service sent node {b['node_id']} announced by {signer}")
+    seq = _int(obj.get("seq"), "seq")
+    info = NodeInfo.from_body(b, seq)
+    if seq < 1 or {**info.as_json(), "entry": entry.as_json()} != obj:
+        raise LogIntegrityError(
+            f"the service's answer for node {info.node_id} does not match the entry it signed", seq
         )
     return info
 
@@ -305,6 +333,37 @@ class RegistryClient:
         if not isinstance(obj, dict) or not isinstance(obj.get("results"), list):
             raise ServiceError("the service sent a malformed search answer")
         return [_info(v) for v in obj["results"]]
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def announce_node(
+        self,
+        identity: Identity,
+        *,
+        endpoint: str,
+        capacity: int | None,
+        hardware: dict[str, Any],
+        name: str | None = None,
+        used: int | None = None,
+    ) -> NodeInfo:
+        """As :meth:`Registry.announce_node`: sign a ``node`` entry and append it (the append
+        answer is checked as :meth:`append` does)."""
+        entry = node_entry(
+            identity, endpoint=endpoint, capacity=capacity, hardware=hardware, name=name,
+            used=used,
+        )  # fmt: skip
+        return NodeInfo.from_body(entry.body, self.append(entry).seq)
+
+    def nodes(self) -> list[NodeInfo]:
+        """As :meth:`Registry.nodes`; each node's signed entry is checked (signature, and that
+        its node id is the signer's fingerprint). The service can still withhold a node or its
+        newest heartbeat (a node then looks stale), never forge one."""
+        obj = self._call("GET", "/v1/nodes")
+        if not isinstance(obj, dict) or not isinstance(obj.get("nodes"), list):
+            raise ServiceError("the service sent a malformed nodes answer")
+        found = [_node(n) for n in obj["nodes"]]
+        if len({n.node_id for n in found}) != len(found):
+            raise LogIntegrityError("the service listed a node twice")
+        return sorted(found, key=sort_key)
 
     def _records(
         self, since: int, limit: int | None = None, until: int | None = None

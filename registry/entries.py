@@ -18,6 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from artifacts.canonical import canonical_json
 from artifacts.cid import CODEC_JSON, as_cid
@@ -30,6 +31,7 @@ __all__ = [
     "ENTRY_TYPES",
     "Record",
     "Signed",
+    "check_endpoint",
     "head_message",
     "make_body",
     "record_hash",
@@ -40,6 +42,8 @@ ENTRY_TYPES: Final = ("publish", "yank", "grant", "transfer", "node")
 MAX_DESCRIPTION: Final = 4096
 MAX_TAGS: Final = 32
 MAX_ENTRY_BYTES: Final = 64 << 10
+MAX_HARDWARE_BYTES: Final = 4 << 10
+MAX_ENDPOINT: Final = 512
 _TAG = re.compile(r"[a-z0-9][a-z0-9._+-]{0,31}")
 _LICENSE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}( (AND|OR|WITH) [A-Za-z0-9][A-Za-z0-9.+-]{0,63}){0,7}"
@@ -48,6 +52,8 @@ _CURRENCY = re.compile(r"[A-Z][A-Z0-9]{2,9}")
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_NODE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_HOST = re.compile(r"[A-Za-z0-9._~%:\[\]-]+")
 _COMMON = {"type", "key", "timestamp", "nonce"}
 _FIELDS: dict[str, set[str]] = {
     "publish": {"asset", "version", "cid", "kind", "license", "price", "description", "tags",
@@ -55,7 +61,7 @@ _FIELDS: dict[str, set[str]] = {
     "yank": {"asset", "version", "reason"},
     "grant": {"namespace", "grantee"},
     "transfer": {"namespace", "to"},
-    "node": {"node_id", "endpoint", "capacity", "hardware"},
+    "node": {"node_id", "endpoint", "capacity", "hardware", "name", "used"},
 }  # fmt: skip
 
 
@@ -88,6 +94,57 @@ def _cid(body: dict[str, Any], field: str, *, json_codec: bool = False) -> str:
     if json_codec and cid.codec != CODEC_JSON:
         raise InvalidEntryError(f"{field} must name an artifact (json codec), got {cid}")
     return str(cid)
+
+
+def check_endpoint(value: object) -> str:
+    """``value`` if it is a node endpoint: an absolute http(s) URL with a host, at most
+    :data:`MAX_ENDPOINT` characters, without credentials, query or fragment."""
+    shown = repr(value)[:80]
+    problem = f"endpoint must be an http(s) URL like http://host:8000, not {shown}"
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_ENDPOINT
+        or not value.startswith(("http://", "https://"))
+        or any(c <= " " or c == "\x7f" or c == "\\" for c in value)
+    ):
+        raise InvalidEntryError(problem)
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:  # a malformed port or IPv6 literal
+        raise InvalidEntryError(problem) from None
+    if (
+        not parts.hostname
+        or "@" in parts.netloc
+        or not _HOST.fullmatch(parts.netloc)
+        or not port_ok
+        or parts.query
+        or parts.fragment
+        or "?" in value
+        or "#" in value
+    ):
+        raise InvalidEntryError(problem)
+    return value
+
+
+def _node(body: dict[str, Any]) -> None:
+    _text(body, "node_id", 128)
+    check_endpoint(body.get("endpoint"))
+    cap = body.get("capacity", -1)  # required; null: no limit
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
+        raise InvalidEntryError("capacity must be a non-negative integer (bytes) or null")
+    hardware = body.get("hardware")
+    if not isinstance(hardware, dict):
+        raise InvalidEntryError("hardware must be an object")
+    if len(canonical_json(hardware)) > MAX_HARDWARE_BYTES:
+        raise InvalidEntryError(f"hardware larger than {MAX_HARDWARE_BYTES} bytes")
+    if "name" in body and not (
+        isinstance(body["name"], str) and _NODE_NAME.fullmatch(body["name"])
+    ):
+        raise InvalidEntryError(f"invalid node name {body['name']!r}: 1-64 of a-z 0-9 -")
+    used = body.get("used")
+    if "used" in body and (not isinstance(used, int) or isinstance(used, bool) or used < 0):
+        raise InvalidEntryError("used must be a non-negative integer (bytes)")
 
 
 def validate_body(body: object) -> dict[str, Any]:
@@ -147,13 +204,7 @@ def validate_body(body: object) -> dict[str, Any]:
             raise InvalidEntryError(f"namespace {ns!r} is not in normal form")
         unb32(body.get("grantee" if kind == "grant" else "to", ""), 32, "target key")
     elif kind == "node":
-        _text(body, "node_id", 128)
-        _text(body, "endpoint", 512)
-        cap = body.get("capacity")
-        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
-            raise InvalidEntryError("capacity must be a non-negative integer (bytes)")
-        if not isinstance(body.get("hardware"), dict):
-            raise InvalidEntryError("hardware must be an object")
+        _node(body)
     return body
 
 

@@ -30,6 +30,7 @@ from registry.errors import (
 )
 from registry.identity import Identity, verify_signature
 from registry.names import AssetName, Ref, matches, parse_name, parse_ref
+from registry.nodes import NodeInfo, node_entry, sort_key
 from registry.rules import MemoryState, judge
 from registry.sql import (
     SQLState,
@@ -38,10 +39,11 @@ from registry.sql import (
     entries,
     lock_for_append,
     meta,
+    nodes,
     versions,
 )
 
-__all__ = ["AppendResult", "Head", "Registry", "VersionInfo"]
+__all__ = ["AppendResult", "Head", "NodeInfo", "Registry", "VersionInfo"]
 
 PAGE_MAX = 1000
 
@@ -348,6 +350,48 @@ class Registry:
         names = sorted(latest)
         return [latest[n] for n in names[offset : offset + limit]]
 
+    # -- nodes ----------------------------------------------------------------------------------
+    def announce_node(
+        self,
+        identity: Identity,
+        *,
+        endpoint: str,
+        capacity: int | None,
+        hardware: dict[str, Any],
+        name: str | None = None,
+        used: int | None = None,
+    ) -> NodeInfo:
+        """Sign with the node's ``identity`` and append a ``node`` entry (an announcement, or a
+        heartbeat: see :mod:`registry.nodes`); return what :meth:`nodes` now lists for it."""
+        entry = node_entry(
+            identity, endpoint=endpoint, capacity=capacity, hardware=hardware, name=name,
+            used=used,
+        )  # fmt: skip
+        return NodeInfo.from_body(entry.body, self.append(entry).seq)
+
+    def nodes(self) -> list[NodeInfo]:
+        """The latest announcement of every node (named ones first, by name, then by id)."""
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(sa.select(nodes.c.seq, nodes.c.body)))
+        return sorted(
+            (NodeInfo.from_body(loads_strict(r.body.encode()), r.seq) for r in rows), key=sort_key
+        )
+
+    def node_records(self) -> list[Record]:
+        """The signed records behind :meth:`nodes`, in the same order (what the service sends,
+        so that its clients can check each node's signature)."""
+        q = sa.select(nodes.c.node_id, entries.c.record).join(entries, entries.c.seq == nodes.c.seq)
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(q))
+        found: list[tuple[NodeInfo, Record]] = []
+        for row in rows:
+            record = Record.from_json(loads_strict(row.record.encode()))
+            body = record.entry.body
+            if body["type"] != "node" or body["node_id"] != row.node_id:
+                raise LogIntegrityError(f"table 'nodes' disagrees with the log for {row.node_id}")
+            found.append((NodeInfo.from_record(record), record))
+        return [record for _, record in sorted(found, key=lambda pair: sort_key(pair[0]))]
+
     def log(self, since: int = 0, limit: int | None = None) -> list[Record]:
         """Records with seq > ``since``, in order."""
         q = sa.select(entries.c.record).where(entries.c.seq > since).order_by(entries.c.seq)
@@ -415,6 +459,18 @@ class Registry:
                 raise LogIntegrityError(
                     f"table 'versions' disagrees with the log for {key[0]}@{key[1]}", seq
                 )
+        with self.engine.connect() as conn:
+            node_rows = {r.node_id: r for r in conn.execute(sa.select(nodes))}
+        for node_id in sorted(set(node_rows) | set(state.nodes)):
+            row, rec = node_rows.get(node_id), state.nodes.get(node_id)
+            if (
+                row is None
+                or rec is None
+                or row.seq != rec["seq"]
+                or loads_strict(row.body.encode()) != rec["body"]
+            ):
+                seq = rec["seq"] if rec else (row.seq if row else None)
+                raise LogIntegrityError(f"table 'nodes' disagrees with the log for {node_id}", seq)
 
     # -- mirrors --------------------------------------------------------------------------------
     def export(self, path: str) -> int:

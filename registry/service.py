@@ -12,7 +12,9 @@ Requests naming a host other than loopback or the configured one are refused (DN
 and append bodies are capped at :data:`MAX_BODY` bytes.
 
 Every :class:`~registry.registry.VersionInfo` in a response carries the signed entry that
-published it (``"entry"``), so a client can check the publisher's signature over the CID.
+published it (``"entry"``), so a client can check the publisher's signature over the CID; every
+node of ``GET /v1/nodes`` carries its latest signed ``node`` entry the same way. Nodes announce
+themselves and heartbeat through ``POST /v1/entries`` like any other entry.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from registry.errors import (
     VersionConflictError,
 )
 from registry.names import parse_name, parse_version
+from registry.nodes import NodeInfo
 from registry.registry import Registry, VersionInfo
 
 __all__ = ["LOG_PAGE", "MAX_BODY", "STATUS", "create_app"]
@@ -218,6 +221,15 @@ def create_app(
     ) -> dict[str, Any]:
         found = registry.search(q, kind=kind, license=license, limit=limit, offset=offset)
         return {"results": [_info_json(registry, v) for v in found]}
+
+    @app.get("/v1/nodes")
+    def list_nodes() -> dict[str, Any]:
+        records = registry.node_records()
+        return {
+            "nodes": [
+                {**NodeInfo.from_record(r).as_json(), "entry": r.entry.as_json()} for r in records
+            ]
+        }
 
     @app.get("/v1/log")
     def log(
