@@ -18,6 +18,7 @@ BENCHES = [
     ("bench_version.py", [], []),
     ("bench_rss.py", [], ["--no-npy"]),
     ("bench_registry.py", [], ["--versions", "10000", "--lookups", "500"]),
+    ("bench_flows.py", [], ["--runs", "1", "--tasks", "5", "--compute-tasks", "2"]),
 ]
 
 

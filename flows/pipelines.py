@@ -6,8 +6,10 @@ CID, cached by content, one signed receipt per execution; each flow is a real Pr
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from artifacts.artifact import Artifact
 from artifacts.store import ArtifactStore
+from flows.cache import MODEL_CODE_MODULES
 from flows.errors import DatasetError, ModelSpecError
 from flows.tasks import cid_task, current_runtime
 
@@ -57,7 +60,7 @@ def _model_modules(**kwargs: Any) -> list[str]:
     from flows.zoo import model_modules
 
     spec = kwargs.get("model", "mlp")
-    return model_modules(spec) if isinstance(spec, str) else []
+    return [*MODEL_CODE_MODULES, *(model_modules(spec) if isinstance(spec, str) else [])]
 
 
 @cid_task(name="train", extra_modules=_model_modules)
@@ -126,7 +129,7 @@ def _load_model(store: ArtifactStore, model: str) -> Any:
     return net
 
 
-@cid_task(name="evaluate")
+@cid_task(name="evaluate", extra_modules=MODEL_CODE_MODULES)
 def evaluate(model: str, dataset: str, batch_size: int = 256) -> dict[str, Any]:
     """Accuracy, loss and confusion matrix on the test split, stored as a metrics artifact."""
     from flows.training import evaluate_model
@@ -149,7 +152,7 @@ def evaluate(model: str, dataset: str, batch_size: int = 256) -> dict[str, Any]:
     return {"metrics": scalars, "metrics_artifact": str(cid)}
 
 
-@cid_task(name="infer")
+@cid_task(name="infer", extra_modules=MODEL_CODE_MODULES)
 def infer(model: str, dataset: str, split: str = "test", batch_size: int = 1024) -> dict[str, Any]:
     """Predicted class ids for every row of the dataset's ``x``, computed and written batch by
     batch (the dataset never has to fit in memory)."""
@@ -164,10 +167,24 @@ def infer(model: str, dataset: str, split: str = "test", batch_size: int = 1024)
     x = art.array(xname)
     net = _load_model(store, model)
     rows = int(x.shape[0])
+    row_bytes = max(1, math.prod(x.shape[1:]) * 4)
+    block = _read_block_rows(batch_size, int(x.chunks[0]) if x.ndim else 1, row_bytes)
+
+    def read(first: int) -> np.ndarray:
+        return np.asarray(x[first : first + block], dtype=np.float32)
 
     def batches() -> Any:
-        for start in range(0, rows, batch_size):
-            yield np.asarray(x[start : start + batch_size], dtype=np.float32)
+        # Read whole chunks, many batches at a time (a batch smaller than a chunk read on its
+        # own would fetch, hash and decode that chunk again for every batch in it), and read
+        # the next block while the model works on this one: at most two blocks in memory.
+        with ThreadPoolExecutor(1, thread_name_prefix="infer-read") as pool:
+            ahead = pool.submit(read, 0)
+            for first in range(0, rows, block):
+                data = ahead.result()
+                if first + block < rows:
+                    ahead = pool.submit(read, first + block)
+                for start in range(0, len(data), batch_size):
+                    yield data[start : start + batch_size]
 
     with _prediction_buffer(store, rows) as predictions:
         pos = 0
@@ -177,6 +194,19 @@ def infer(model: str, dataset: str, split: str = "test", batch_size: int = 1024)
         attrs = {"model": model, "dataset": dataset}
         cid = store.put_arrays({"predictions": predictions}, attrs=attrs, source="infer")
     return {"predictions": str(cid), "rows": rows}
+
+
+#: ``infer`` reads its input in blocks of about this many bytes (whole chunks, whole batches).
+_READ_BLOCK_BYTES = 32 << 20
+
+
+def _read_block_rows(batch_size: int, chunk_rows: int, row_bytes: int) -> int:
+    """Rows per read: a multiple of ``batch_size`` (the batches stay what they were) and, when
+    affordable, of the chunk's rows (no chunk is decoded twice), about ``_READ_BLOCK_BYTES``."""
+    step = math.lcm(batch_size, max(1, chunk_rows))
+    if step * row_bytes > _READ_BLOCK_BYTES:
+        step = batch_size
+    return step * max(1, _READ_BLOCK_BYTES // (step * row_bytes))
 
 
 #: Predictions larger than this go to a memory-mapped file in the home's ``tmp/``, not RAM.

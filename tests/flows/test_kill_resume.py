@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -62,6 +63,7 @@ def _start(script: Path, env: dict[str, str], marker: Path, dataset: str, pause:
     return subprocess.Popen(
         [sys.executable, str(script), str(marker), dataset, str(pause)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own group: the kill takes Prefect's temporary server too
     )  # fmt: skip
 
 
@@ -87,7 +89,7 @@ def test_killed_flow_publishes_nothing_and_the_rerun_resumes_from_cache(tmp_path
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the flow never reached the report step"
         time.sleep(0.2)
-    proc.kill()  # SIGKILL in the middle of the third step
+    os.killpg(proc.pid, signal.SIGKILL)  # in the middle of the third step
     proc.wait(timeout=30)
     assert proc.returncode == -9
 

@@ -43,3 +43,21 @@ def test_infer_streams_predictions_the_same_way_in_memory_or_spilled(
     assert out["rows"] == 5000
     np.testing.assert_array_equal(predictions, expected)
     assert not any((store.home / "tmp").glob("infer-*")), "the spill folder is removed"
+
+
+def test_model_code_is_part_of_every_model_steps_key() -> None:
+    import inspect
+
+    import flows.training
+    import flows.zoo
+    from flows.cache import MODEL_CODE_MODULES, _module_source
+
+    for task in (pipelines.train, pipelines.evaluate, pipelines.infer):
+        modules = task.cache_policy.modules({"model": "mlp", "dataset": "x"})
+        assert set(MODEL_CODE_MODULES) <= set(modules), task.name
+    assert "tests_user_model" in pipelines.train.cache_policy.modules(
+        {"model": "tests_user_model:make", "dataset": "x"}
+    )
+    # Read from the file without importing, yet exactly what inspect.getsource gives.
+    for module in (flows.training, flows.zoo):
+        assert _module_source(module.__name__) == inspect.getsource(module).encode()
