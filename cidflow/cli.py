@@ -79,10 +79,11 @@ def cli(ctx: click.Context, home: str | None) -> None:
 
 
 def _store(ctx: click.Context, *, read_only: bool = False) -> ArtifactStore:
-    from artifacts.store import ArtifactStore
+    """The home's store: local blobs, or the cluster's once ``cluster up`` configured it."""
+    from artifacts.cluster import open_store
 
-    home = ctx.obj.get("home")
-    return ArtifactStore(home, read_only=read_only)
+    store: ArtifactStore = open_store(ctx.obj.get("home"), read_only=read_only)
+    return store
 
 
 def _emit_json(value: Any) -> None:
@@ -416,3 +417,9 @@ del _cli_flows
 from cidflow import cli_hf as _cli_hf  # noqa: E402  (registers the Hugging Face commands)
 
 del _cli_hf
+from cidflow import cli_nodes as _cli_nodes  # noqa: E402  (registers `nodes`)
+
+del _cli_nodes
+from cidflow import cli_node as _cli_node  # noqa: E402  (registers node, cluster and store)
+
+del _cli_node

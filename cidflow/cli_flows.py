@@ -11,10 +11,13 @@ from cidflow.cli import _emit_json, _registry, _store, cli, registry_option
 
 
 def _resolve(ctx: click.Context, ref_or_cid: str, target: str | None) -> tuple[str, str | None]:
-    """(CID, receipt CID or None) of a registry reference or a plain CID."""
+    """(CID, receipt CID or None) of a registry reference or a plain CID (``private:NAME``,
+    a node's private dataset, stays as it is: only that node can resolve it)."""
     from artifacts.cid import as_cid
     from artifacts.errors import InvalidCIDError
 
+    if ref_or_cid.startswith("private:"):
+        return ref_or_cid, None
     try:
         return str(as_cid(ref_or_cid)), None
     except InvalidCIDError:
@@ -100,6 +103,68 @@ def _kwargs(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _run_flow(
+    ctx: click.Context,
+    task: str,
+    params: dict[str, Any],
+    verbose: bool,
+    extra_modules: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run ``flows.pipelines.<task>_flow(**params)``, unless its result is already cached.
+
+    The fast path (:func:`flows.cache.lookup_cached`) computes the task's cache key exactly as
+    its Prefect cache policy does and reads the JSON result Prefect stored for it, so a cached
+    rerun starts neither Prefect nor torch; a record whose artifacts or receipt are gone from
+    the store is dropped so that Prefect recomputes. ``CIDFLOW_NO_FAST_PATH=1`` turns it off."""
+    from cidflow.cli import _home
+
+    cluster = _cluster(ctx)
+    if cluster is not None:  # on a cluster: the run goes to a node (Prefect deployment)
+        from node_agent.coordinator import run_on_cluster
+
+        return run_on_cluster(_store(ctx), cluster, task, params, node=ctx.obj.get("node"))
+    if ctx.obj.get("node"):
+        raise click.UsageError("--node needs a home on a cluster (cidflow cluster up)")
+    _flow_env(ctx, verbose)
+    from flows.cache import MODEL_CODE_MODULES, lookup_cached, prefect_results_dir
+
+    results = prefect_results_dir()
+    if results is not None:
+        found = lookup_cached(
+            f"flows.pipelines:{task}", params, home=_home(ctx), results=results,
+            extra_modules=[*MODEL_CODE_MODULES, *(extra_modules or [])], drop_stale=True,
+        )  # fmt: skip
+        if found is not None:
+            return {**found, "cached": True}
+    if task == "train":
+        from flows.zoo import model_modules
+
+        model_modules(params["model"])  # an unknown model name fails here, before any flow
+    from flows import pipelines
+
+    result: dict[str, Any] = getattr(pipelines, f"{task}_flow")(**params)
+    return result
+
+
+def _cluster(ctx: click.Context) -> dict[str, Any] | None:
+    from cidflow.cli import _home
+    from node_agent.cluster import load_cluster
+
+    return load_cluster(_home(ctx))
+
+
+def _node_option(fn: Any) -> Any:
+    """``--node NAME``: on a cluster, run on that node (default: the scheduler chooses)."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        ctx.ensure_object(dict)["node"] = value
+
+    return click.option(
+        "--node", metavar="NAME", expose_value=False, callback=remember,
+        help="On a cluster: the node to run on (needed for private:NAME datasets).",
+    )(fn)  # fmt: skip
+
+
 def _report(result: dict[str, Any], as_json: bool, lines: list[str]) -> None:
     if as_json:
         _emit_json(result)
@@ -127,6 +192,7 @@ verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show Prefec
     "--model-kwarg", "model_kwargs", multiple=True, metavar="KEY=VALUE", help="e.g. hidden=[256]"
 )
 @registry_option
+@_node_option
 @verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -144,16 +210,13 @@ def train(
     as_json: bool,
 ) -> None:
     """Train a model on a dataset (a Prefect flow; cached by content, receipt signed)."""
-    from flows.zoo import model_modules
-
-    model_modules(model)  # an unknown model name fails here, before any flow starts
     kwargs = _kwargs(model_kwargs)
     cid, _ = _resolve(ctx, dataset, target)
-    _flow_env(ctx, verbose)
-    from flows.pipelines import train_flow
-
-    result = train_flow(dataset=cid, model=model, epochs=epochs, seed=seed,
-                        batch_size=batch_size, lr=lr, model_kwargs=kwargs or None)  # fmt: skip
+    params = {"dataset": cid, "model": model, "epochs": epochs, "seed": seed,
+              "batch_size": batch_size, "lr": lr, "model_kwargs": kwargs or None}  # fmt: skip
+    # a user model's module is part of the key (flows.zoo.model_modules, without torch)
+    modules = [model.partition(":")[0]] if ":" in model else []
+    result = _run_flow(ctx, "train", params, verbose, modules)
     m = result["metrics"]
     shown = "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch")
     _report(
@@ -165,6 +228,7 @@ def train(
 @click.option("--model", required=True, metavar="REF_OR_CID")
 @click.option("--dataset", required=True, metavar="REF_OR_CID")
 @registry_option
+@_node_option
 @verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -174,10 +238,7 @@ def evaluate(
     """Accuracy, loss and confusion matrix of a model on a dataset's test split."""
     model_cid, _ = _resolve(ctx, model, target)
     data_cid, _ = _resolve(ctx, dataset, target)
-    _flow_env(ctx, verbose)
-    from flows.pipelines import evaluate_flow
-
-    result = evaluate_flow(model=model_cid, dataset=data_cid)
+    result = _run_flow(ctx, "evaluate", {"model": model_cid, "dataset": data_cid}, verbose)
     m = result["metrics"]
     lines = [f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}",
              f"metrics artifact (confusion matrix): {result['metrics_artifact']}"]  # fmt: skip
@@ -190,6 +251,7 @@ def evaluate(
 @click.option("--split", default="test", show_default=True, help="Which x to predict.")
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=1024, show_default=True)
 @registry_option
+@_node_option
 @verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -206,8 +268,6 @@ def infer(
     """Predict class ids for a dataset, batch by batch; prints the predictions' CID."""
     model_cid, _ = _resolve(ctx, model, target)
     data_cid, _ = _resolve(ctx, dataset, target)
-    _flow_env(ctx, verbose)
-    from flows.pipelines import infer_flow
-
-    result = infer_flow(model=model_cid, dataset=data_cid, split=split, batch_size=batch_size)
+    params = {"model": model_cid, "dataset": data_cid, "split": split, "batch_size": batch_size}
+    result = _run_flow(ctx, "infer", params, verbose)
     _report(result, as_json, [f"predictions: {result['predictions']} ({result['rows']} rows)"])

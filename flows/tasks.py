@@ -42,7 +42,11 @@ class Runtime:
 
     @classmethod
     def for_home(cls, home: str | None = None) -> Runtime:
-        store = ArtifactStore(home)
+        """The runtime of ``home``: its store (on the cluster when ``HOME/cluster.json`` says
+        so) and its node key."""
+        from artifacts.cluster import open_store
+
+        store: ArtifactStore = open_store(home)
         return cls(store, Identity.load_or_create(store.home, NODE_KEY))
 
 

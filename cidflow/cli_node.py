@@ -1,0 +1,194 @@
+"""Node and cluster commands: ``node start``, ``cluster up/status/down``, ``store repair``
+(registered on the main group by :mod:`cidflow.cli`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from cidflow.cli import _emit_json, _home, _size, _store, cli, json_option
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``512MiB``, ``2G``, ``1048576`` → bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size like 512MiB or 20G")
+    unit = (m.group(2) or "").upper()[:1]
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def _private(items: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"--private {item!r} is not NAME=PATH")
+        out.append((name, Path(path).expanduser().absolute()))
+    return tuple(out)
+
+
+@cli.group("node")
+def node_group() -> None:
+    """Run this machine as a node agent: lend disk and compute to the network."""
+
+
+@node_group.command("start")
+@click.option("--name", required=True, help="This node's name (deployments are FLOW/NAME).")
+@click.option("--home", "node_home", type=click.Path(file_okay=False), help="The node's home.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8470, show_default=True)
+@click.option("--capacity", help="Most bytes of blobs to hold (e.g. 20GiB; default: no cap).")
+@click.option("--private", "private", multiple=True, metavar="NAME=PATH",
+              help="A private dataset: used by flows on this node only, never served.")  # fmt: skip
+@click.option("--registry", help="Registry to announce to (URL or SQLite path).")
+@click.option("--prefect-api", help="Prefect API URL: serve the node-side flows there.")
+@click.option("--heartbeat", type=float, default=60.0, show_default=True,
+              help="Seconds between re-announcements.")  # fmt: skip
+@click.option("--marker", hidden=True, help="Set by 'cluster up' to recognise its processes.")
+@click.pass_context
+def node_start(
+    ctx: click.Context, name: str, node_home: str | None, host: str, port: int,
+    capacity: str | None, private: tuple[str, ...], registry: str | None,
+    prefect_api: str | None, heartbeat: float, marker: str | None,
+) -> None:  # fmt: skip
+    """Serve blobs over HTTP, announce to the registry, run flows (until Ctrl-C / SIGTERM).
+
+    The write token is the file HOME/token (created on first start, mode 0600)."""
+    from node_agent.agent import NodeAgent, NodeOptions
+
+    home = Path(node_home).expanduser().absolute() if node_home else _home(ctx)
+    options = NodeOptions(
+        name=name, home=home, host=host, port=port,
+        capacity=parse_size(capacity) if capacity else None, private=_private(private),
+        registry=registry, prefect_api=prefect_api, heartbeat=heartbeat,
+    )  # fmt: skip
+    agent = NodeAgent(options)
+    click.echo(f"node {name} ({agent.identity.id}) serving {options.url}", err=True)
+    agent.serve()
+
+
+cluster_home_option = click.option(
+    "--home", "cluster_home", type=click.Path(file_okay=False),
+    help="Cluster folder (default: the global --home).",
+)  # fmt: skip
+
+
+def _cluster_home(ctx: click.Context, cluster_home: str | None) -> Path:
+    return Path(cluster_home).expanduser().absolute() if cluster_home else _home(ctx)
+
+
+@cli.group("cluster")
+def cluster_group() -> None:
+    """A local cluster on 127.0.0.1: a Prefect server and N node agents."""
+
+
+@cluster_group.command("up")
+@click.option("--nodes", type=click.IntRange(1, 32), default=3, show_default=True)
+@cluster_home_option
+@click.option("--replication", "-r", type=click.IntRange(1, 32), default=2, show_default=True)
+@click.option("--capacity", help="Per-node capacity (e.g. 2GiB).")
+@click.option("--private", "private", multiple=True, metavar="NODE:NAME=PATH",
+              help="A private dataset held by one node.")  # fmt: skip
+@json_option
+@click.pass_context
+def cluster_up_cmd(
+    ctx: click.Context, nodes: int, cluster_home: str | None, replication: int,
+    capacity: str | None, private: tuple[str, ...], as_json: bool,
+) -> None:  # fmt: skip
+    """Start the cluster in the background; later commands with this home use it."""
+    from node_agent.cluster import cluster_up
+
+    home = _cluster_home(ctx, cluster_home)
+    per_node: dict[str, list[str]] = {}
+    for item in private:
+        node, sep, rest = item.partition(":")
+        if not sep or "=" not in rest:
+            raise click.BadParameter(f"--private {item!r} is not NODE:NAME=PATH")
+        name, _, path = rest.partition("=")
+        per_node.setdefault(node, []).append(f"{name}={Path(path).expanduser().absolute()}")
+    out = cluster_up(
+        home, nodes, replication=replication,
+        capacity=parse_size(capacity) if capacity else None, private=per_node,
+    )  # fmt: skip
+    if as_json:
+        _emit_json(out)
+        return
+    click.echo(f"Prefect API {out['prefect_api']}")
+    for node in out["nodes"]:
+        click.echo(f"{node['name']}  {node['url']}  pid {node['pid']}")
+
+
+@cluster_group.command("status")
+@cluster_home_option
+@json_option
+@click.pass_context
+def cluster_status_cmd(ctx: click.Context, cluster_home: str | None, as_json: bool) -> None:
+    """Show the cluster's processes and whether each node answers."""
+    from node_agent.cluster import cluster_status
+
+    home = _cluster_home(ctx, cluster_home)
+    out = cluster_status(home)
+    if as_json:
+        _emit_json(out)
+        return
+    state = "running" if out["prefect_running"] else "stopped"
+    click.echo(f"Prefect API {out['prefect_api']} ({state})")
+    for node in out["nodes"]:
+        used = _size(node["used"]) if node.get("used") is not None else "-"
+        click.echo(f"{node['name']}  {node['url']}  pid {node['pid']}  {node['status']}  {used}")
+
+
+@cluster_group.command("down")
+@cluster_home_option
+@json_option
+@click.pass_context
+def cluster_down_cmd(ctx: click.Context, cluster_home: str | None, as_json: bool) -> None:
+    """Stop exactly the processes 'cluster up' started."""
+    from node_agent.cluster import cluster_down
+
+    home = _cluster_home(ctx, cluster_home)
+    out = cluster_down(home)
+    if as_json:
+        _emit_json(out)
+        return
+    click.echo(f"stopped {len(out['stopped'])} process(es)")
+
+
+@cli.group("store")
+def store_group() -> None:
+    """The home's blob store as a whole (on a cluster: all nodes)."""
+
+
+@store_group.command("repair")
+@json_option
+@click.pass_context
+def store_repair(ctx: click.Context, as_json: bool) -> None:
+    """Restore the replication factor: copy verified blobs to the nodes that should hold them."""
+    from artifacts.blobstore.replicated import ReplicatedBlobStore
+
+    store = _store(ctx)
+    blobs = store.blobs
+    if not isinstance(blobs, ReplicatedBlobStore):
+        raise click.UsageError("store repair needs a home on a cluster (cidflow cluster up)")
+    report = blobs.repair()
+    out: dict[str, object] = {
+        "checked": report.checked, "copied": report.copied,
+        "missing": [str(c) for c in report.missing],
+        "under_replicated": [str(c) for c in report.under_replicated],
+        "unreachable": sorted(report.unreachable), "ok": report.ok,
+    }  # fmt: skip
+    if as_json:
+        _emit_json(out)
+    else:
+        click.echo(
+            f"checked {report.checked} blob(s), copied {report.copied}, missing "
+            f"{len(report.missing)}, unreachable nodes: {', '.join(report.unreachable) or 'none'}"
+        )
+    if not report.ok:
+        raise SystemExit(1)

@@ -1,0 +1,202 @@
+"""``cidflow node start``: the one process an operator runs on a machine that lends disk and
+compute.
+
+It (1) serves the node's blob store over HTTP (:mod:`node_agent.blobs_app`), (2) holds private
+datasets, stored in its own home only and never served or replicated, (3) announces itself to
+the registry with a signed ``node`` entry and re-announces every ``heartbeat`` seconds, and
+(4) with a Prefect API, serves the node-side flows as deployments ``FLOW/NODE`` in a child
+process (:mod:`node_agent.serve_flows`), whose flow runs use the cluster's store through a
+local cache (:mod:`artifacts.cluster`).
+
+Stopping it (SIGTERM or SIGINT) stops the child too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from artifacts.blobstore.http import MAX_BLOB
+from artifacts.store import ArtifactStore
+from node_agent.auth import load_or_create_token
+from node_agent.errors import NodeConfigError
+from node_agent.hardware import probe_hardware
+from registry.identity import Identity
+
+__all__ = ["NodeAgent", "NodeOptions", "private_blob_cids"]
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+NODE_KEY = "node"  # the same key signs this node's receipts (flows.tasks.NODE_KEY)
+log = logging.getLogger("cidflow.node")
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    name: str
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8470
+    capacity: int | None = None
+    private: tuple[tuple[str, Path], ...] = ()
+    registry: str | None = None
+    prefect_api: str | None = None
+    heartbeat: float = 60.0
+    max_blob: int = MAX_BLOB
+    allowed_hosts: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def private_blob_cids(store: ArtifactStore, cids: Iterable[str]) -> set[str]:
+    """Every blob the artifacts ``cids`` consist of: root manifest, table nodes and chunks."""
+    out: set[str] = set()
+    for cid in cids:
+        art = store.open_artifact(cid)
+        out.add(str(art.cid))
+        out.update(str(c) for c in art.tree_nodes())
+        out.update(str(c) for c in art.blob_cids())
+    return out
+
+
+class NodeAgent:
+    """One node: prepared by the constructor (home, token, key, private data), run by
+    :meth:`serve`."""
+
+    def __init__(self, options: NodeOptions) -> None:
+        if not _NAME.fullmatch(options.name):
+            raise NodeConfigError(
+                f"node name {options.name!r}: use 1-64 lowercase letters, digits and '-'"
+            )
+        self.options = options
+        self.home = options.home.expanduser().absolute()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.token = load_or_create_token(self.home)
+        self.identity = Identity.load_or_create(self.home, NODE_KEY)
+        # The blobs this node serves and stores for the cluster: always its local folder.
+        self.store = ArtifactStore(self.home)
+        self.private = self._load_private(options.private)
+        self.private_cids = private_blob_cids(self.store, self.private.values())
+        self._child: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+
+    def _load_private(self, items: tuple[tuple[str, Path], ...]) -> dict[str, str]:
+        from flows.datasets import put_dataset
+        from flows.remote import load_private, save_private
+
+        datasets = load_private(self.home)
+        for name, path in items:
+            if not name or "/" in name or name.startswith("."):
+                raise NodeConfigError(f"--private {name}=...: a name without '/' is needed")
+            if not Path(path).exists():
+                raise NodeConfigError(f"--private {name}={path}: no such file or folder")
+            cid = put_dataset(self.store, str(path))
+            self.store.pin(cid)
+            datasets[name] = str(cid)
+        if items:
+            save_private(self.home, datasets)
+        return datasets
+
+    # -- parts -----------------------------------------------------------------------------------
+    def app(self) -> Any:
+        from node_agent.blobs_app import create_app
+
+        private = self.private_cids
+        return create_app(
+            self.store.blobs,  # type: ignore[arg-type]  # a LocalBlobStore by construction
+            token=self.token, node_id=self.identity.id, name=self.options.name,
+            capacity=self.options.capacity, max_blob=self.options.max_blob,
+            allowed_hosts=self.options.allowed_hosts, private=lambda: private,
+        )  # fmt: skip
+
+    def announce(self) -> None:
+        """Sign and append this node's ``node`` entry (endpoint, capacity, hardware, used)."""
+        if not self.options.registry:
+            return
+        used = sum(self.store.blobs.stat(c).size for c in self.store.blobs.iter_cids())
+        hardware = probe_hardware(import_torch=True).as_json()
+        registry: Any = _open_registry(self.options.registry, self.home)
+        registry.announce_node(
+            self.identity, endpoint=self.options.url, capacity=self.options.capacity,
+            hardware=hardware, name=self.options.name, used=used,
+        )  # fmt: skip
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(self.options.heartbeat):
+            try:
+                self.announce()
+            except Exception as exc:  # a registry hiccup must not stop the node
+                log.warning("heartbeat failed: %s", exc)
+
+    def start_flows(self) -> None:
+        """Serve the node-side flows as Prefect deployments ``FLOW/NAME`` (child process)."""
+        if not self.options.prefect_api:
+            return
+        env = dict(os.environ)
+        env.update(self.options.extra_env)
+        env |= {
+            "PREFECT_API_URL": self.options.prefect_api,
+            "CIDFLOW_HOME": str(self.home),
+            "PREFECT_HOME": str(self.home / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_RUNNER_POLL_FREQUENCY": env.get("PREFECT_RUNNER_POLL_FREQUENCY", "1"),
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        }
+        cmd = [sys.executable, "-m", "node_agent.serve_flows", "--name", self.options.name]
+        # Same process group as this node: stopping the group (cluster down) stops both.
+        with open(self.home / "flows.log", "ab") as logfile:
+            self._child = subprocess.Popen(
+                cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def stop_flows(self) -> None:
+        child, self._child = self._child, None
+        if child is None or child.poll() is not None:
+            return
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=10)
+
+    # -- run -------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Run until SIGTERM/SIGINT: blob server in this thread, heartbeats and flows beside."""
+        import uvicorn
+
+        self.announce()
+        beat = threading.Thread(target=self._heartbeats, name="cidflow-heartbeat", daemon=True)
+        beat.start()
+        self.start_flows()
+        config = uvicorn.Config(
+            self.app(), host=self.options.host, port=self.options.port, log_level="warning",
+            access_log=False, timeout_graceful_shutdown=5,
+        )  # fmt: skip
+        try:
+            uvicorn.Server(config).run()
+        finally:
+            self._stop.set()
+            self.stop_flows()
+
+
+def _open_registry(target: str, home: Path) -> Any:
+    if target.startswith(("http://", "https://")):
+        from registry.client import RegistryClient
+        from registry.settings import RegistrySettings
+
+        return RegistryClient(target, token=RegistrySettings().registry_token)
+    from registry.local import open_registry
+
+    return open_registry(target, home)

@@ -1,0 +1,256 @@
+"""``cidflow cluster up/status/down``: a local cluster on 127.0.0.1 for development and demos.
+
+``up`` starts, as background processes of their own (new sessions, so they outlive the
+command): a Prefect server (SQLite, under ``HOME/prefect``) and N node agents
+(``cidflow node start``) with homes ``HOME/nodes/node-K``, all sharing one token (written into
+every node's ``token`` file). The registry is ``HOME/registry.db``, where nodes announce
+themselves. It then writes ``HOME/cluster.json``, after which ``cidflow --home HOME ...`` stores
+blobs on the cluster (replicated, see :mod:`artifacts.cluster`), runs flows on its nodes and
+reads its registry. ``down`` stops exactly the processes ``up`` recorded (each checked by its
+command line, so a reused pid is never signalled) and moves ``cluster.json`` aside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from artifacts.cluster import CLUSTER_FILE
+from node_agent.auth import TOKEN_FILE
+from node_agent.errors import NodeConfigError
+
+__all__ = ["cluster_down", "cluster_status", "cluster_up", "load_cluster"]
+
+STOPPED_FILE = "cluster.stopped.json"
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load_cluster(home: Path) -> dict[str, Any] | None:
+    path = home / CLUSTER_FILE
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise NodeConfigError(f"{path} is not valid JSON: {exc}") from None
+    return doc
+
+
+def _alive(proc: dict[str, Any]) -> bool:
+    """Whether the recorded process still runs and is the one we started (its command line
+    holds the marker we gave it)."""
+    try:
+        cmdline = Path(f"/proc/{int(proc['pid'])}/cmdline").read_bytes().replace(b"\0", b" ")
+    except (OSError, ValueError, KeyError):
+        return False
+    return str(proc.get("marker", "")).encode() in cmdline
+
+
+def _wait_http(url: str, deadline: float, proc: subprocess.Popen[bytes], what: str) -> None:
+    import httpx
+
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NodeConfigError(f"{what} exited with {proc.returncode} during start-up")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise NodeConfigError(f"{what} did not answer at {url} in time")
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def cluster_up(
+    home: Path,
+    nodes: int,
+    *,
+    replication: int = 2,
+    capacity: int | None = None,
+    private: dict[str, list[str]] | None = None,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Start a Prefect server and ``nodes`` node agents; return what ``--json`` prints.
+
+    ``private`` maps a node name to its ``NAME=PATH`` private datasets."""
+    if not 1 <= nodes <= 32:
+        raise NodeConfigError("--nodes must be between 1 and 32")
+    if replication < 1 or replication > nodes:
+        raise NodeConfigError(f"replication {replication} needs 1..{nodes} nodes")
+    home = home.expanduser().absolute()
+    existing = load_cluster(home)
+    if existing and any(_alive(p) for p in existing.get("processes", [])):
+        raise NodeConfigError(f"a cluster is already up in {home}: run 'cidflow cluster down'")
+    home.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    token_file = home / TOKEN_FILE
+    _write_json_text(token_file, token)
+    marker = f"cidflow-cluster-{secrets.token_hex(6)}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CIDFLOW_"))}
+    env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
+    bin_dir = Path(sys.executable).parent
+    started: list[tuple[subprocess.Popen[bytes], dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        port = _free_port()
+        api = f"http://127.0.0.1:{port}/api"
+        prefect_env = env | {"PREFECT_HOME": str(home / "prefect"), "CIDFLOW_MARKER": marker}
+        prefect_bin = shutil.which("prefect", path=str(bin_dir)) or "prefect"
+        cmd = [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        proc = _spawn(cmd, prefect_env, home / "logs" / "prefect.log")
+        started.append((proc, {"role": "prefect", "pid": proc.pid, "marker": "server start"}))
+        names = [f"node-{k + 1}" for k in range(nodes)]
+        node_ports = {name: _free_port() for name in names}
+        storage_nodes = [
+            {"name": n, "url": f"http://127.0.0.1:{node_ports[n]}"} for n in names
+        ]  # fmt: skip
+        storage = {"replication": replication, "token_file": str(token_file),
+                   "nodes": storage_nodes}  # fmt: skip
+        _wait_http(f"{api}/health", deadline, proc, "the Prefect server")
+        registry = str(home / "registry.db")
+        for name in names:
+            node_home = home / "nodes" / name
+            node_home.mkdir(parents=True, exist_ok=True)
+            _write_json_text(node_home / TOKEN_FILE, token)
+            node_storage = storage | {"cache": True}
+            _write_json(node_home / CLUSTER_FILE, {"storage": node_storage})
+            cmd = [sys.executable, "-m", "cidflow", "node", "start", "--name", name,
+                   "--home", str(node_home), "--host", "127.0.0.1",
+                   "--port", str(node_ports[name]), "--registry", registry,
+                   "--prefect-api", api, "--marker", marker]  # fmt: skip
+            if capacity is not None:
+                cmd += ["--capacity", str(capacity)]
+            for item in (private or {}).get(name, []):
+                cmd += ["--private", item]
+            proc = _spawn(cmd, env, home / "logs" / f"{name}.log")
+            started.append((proc, {"role": "node", "name": name, "pid": proc.pid,
+                                   "url": f"http://127.0.0.1:{node_ports[name]}",
+                                   "home": str(node_home), "marker": marker}))  # fmt: skip
+        for proc, info in started[1:]:
+            _wait_http(f"{info['url']}/v1/health", deadline, proc, f"node {info['name']}")
+    except BaseException:
+        for proc, _ in reversed(started):
+            _stop_group(proc.pid)
+        raise
+    doc = {
+        "storage": storage,
+        "prefect_api": api,
+        "registry": registry,
+        "processes": [info for _, info in started],
+        "started": time.time(),
+    }
+    with contextlib.suppress(FileNotFoundError):
+        (home / STOPPED_FILE).unlink()
+    _write_json(home / CLUSTER_FILE, doc)
+    return _summary(home, doc)
+
+
+def _write_json_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def _summary(home: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    nodes = [
+        {"name": p["name"], "url": p["url"], "pid": p["pid"], "home": p["home"]}
+        for p in doc.get("processes", []) if p.get("role") == "node"
+    ]  # fmt: skip
+    prefect = next((p for p in doc.get("processes", []) if p.get("role") == "prefect"), None)
+    return {
+        "home": str(home),
+        "prefect_api": doc.get("prefect_api"),
+        "prefect_pid": prefect["pid"] if prefect else None,
+        "registry": doc.get("registry"),
+        "replication": doc.get("storage", {}).get("replication"),
+        "nodes": nodes,
+    }
+
+
+def cluster_status(home: Path) -> dict[str, Any]:
+    import httpx
+
+    home = home.expanduser().absolute()
+    doc = load_cluster(home)
+    if doc is None:
+        raise NodeConfigError(f"no cluster in {home} (run 'cidflow cluster up')")
+    out = _summary(home, doc)
+    for node in out["nodes"]:
+        proc = next(p for p in doc["processes"] if p.get("name") == node["name"])
+        node["running"] = _alive(proc)
+        try:
+            info = httpx.get(f"{node['url']}/v1/info", timeout=2.0).json()
+            node["status"], node["node_id"] = "live", info.get("node_id")
+            node["used"] = info.get("used")
+        except (httpx.HTTPError, ValueError):
+            node["status"] = "down"
+    prefect: dict[str, Any] = next((p for p in doc["processes"] if p.get("role") == "prefect"), {})
+    out["prefect_running"] = _alive(prefect)
+    return out
+
+
+def _stop_group(pid: int, timeout: float = 15.0) -> bool:
+    """SIGTERM the process group of ``pid``, SIGKILL it after ``timeout``; whether it ran."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return True
+
+
+def cluster_down(home: Path) -> dict[str, Any]:
+    home = home.expanduser().absolute()
+    doc = load_cluster(home)
+    if doc is None:
+        raise NodeConfigError(f"no cluster in {home} (nothing to stop)")
+    stopped = []
+    for proc in reversed(doc.get("processes", [])):
+        if _alive(proc) and _stop_group(int(proc["pid"])):
+            stopped.append({k: proc.get(k) for k in ("role", "name", "pid")})
+    os.replace(home / CLUSTER_FILE, home / STOPPED_FILE)
+    return {"home": str(home), "stopped": stopped}
