@@ -122,9 +122,12 @@ def _run_flow(
     if cluster is not None:  # on a cluster: the run goes to a node (Prefect deployment)
         from node_agent.coordinator import run_on_cluster
 
-        return run_on_cluster(_store(ctx), cluster, task, params, node=ctx.obj.get("node"))
-    if ctx.obj.get("node"):
-        raise click.UsageError("--node needs a home on a cluster (cidflow cluster up)")
+        return run_on_cluster(
+            _store(ctx), cluster, task, params, node=ctx.obj.get("node"),
+            needs_gpu=bool(ctx.obj.get("needs_gpu")),
+        )  # fmt: skip
+    if ctx.obj.get("node") or ctx.obj.get("needs_gpu"):
+        raise click.UsageError("--node and --gpu need a home on a cluster (cidflow cluster up)")
     _flow_env(ctx, verbose)
     from flows.cache import MODEL_CODE_MODULES, lookup_cached, prefect_results_dir
 
@@ -154,11 +157,16 @@ def _cluster(ctx: click.Context) -> dict[str, Any] | None:
 
 
 def _node_option(fn: Any) -> Any:
-    """``--node NAME``: on a cluster, run on that node (default: the scheduler chooses)."""
+    """``--node NAME`` and ``--gpu``: where a run goes on a cluster (default: the scheduler
+    picks the live node holding most of the inputs)."""
 
-    def remember(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-        ctx.ensure_object(dict)["node"] = value
+    def remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        ctx.ensure_object(dict)[str(param.name)] = value
 
+    fn = click.option(
+        "--gpu", "needs_gpu", is_flag=True, expose_value=False, callback=remember,
+        help="On a cluster: run on a node with a GPU.",
+    )(fn)  # fmt: skip
     return click.option(
         "--node", metavar="NAME", expose_value=False, callback=remember,
         help="On a cluster: the node to run on (needed for private:NAME datasets).",
