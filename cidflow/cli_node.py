@@ -41,9 +41,10 @@ def node_group() -> None:
 @node_group.command("start")
 @click.option("--name", required=True, help="This node's name (deployments are FLOW/NAME).")
 @click.option("--home", "node_home", type=click.Path(file_okay=False), help="The node's home.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8470, show_default=True)
+@click.option("--host", help="Address to listen on (default 127.0.0.1; CIDFLOW_NODE_HOST).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8470).")
 @click.option("--capacity", help="Most bytes of blobs to hold (e.g. 20GiB; default: no cap).")
+@click.option("--max-blob", help="Largest single upload accepted (default 128MiB).")
 @click.option("--private", "private", multiple=True, metavar="NAME=PATH",
               help="A private dataset: used by flows on this node only, never served.")  # fmt: skip
 @click.option("--registry", help="Registry to announce to (URL or SQLite path).")
@@ -53,20 +54,25 @@ def node_group() -> None:
 @click.option("--marker", hidden=True, help="Set by 'cluster up' to recognise its processes.")
 @click.pass_context
 def node_start(
-    ctx: click.Context, name: str, node_home: str | None, host: str, port: int,
-    capacity: str | None, private: tuple[str, ...], registry: str | None,
-    prefect_api: str | None, heartbeat: float, marker: str | None,
+    ctx: click.Context, name: str, node_home: str | None, host: str | None, port: int | None,
+    capacity: str | None, max_blob: str | None, private: tuple[str, ...],
+    registry: str | None, prefect_api: str | None, heartbeat: float, marker: str | None,
 ) -> None:  # fmt: skip
     """Serve blobs over HTTP, announce to the registry, run flows (until Ctrl-C / SIGTERM).
 
-    The write token is the file HOME/token (created on first start, mode 0600)."""
+    The write token is the file HOME/token (created on first start, mode 0600). Options not
+    given come from CIDFLOW_NODE_* (HOST, PORT, CAPACITY, MAX_BLOB, ALLOWED_HOSTS)."""
     from node_agent.agent import NodeAgent, NodeOptions
+    from node_agent.settings import NodeSettings
 
+    settings = NodeSettings()
     home = Path(node_home).expanduser().absolute() if node_home else _home(ctx)
     options = NodeOptions(
-        name=name, home=home, host=host, port=port,
-        capacity=parse_size(capacity) if capacity else None, private=_private(private),
-        registry=registry, prefect_api=prefect_api, heartbeat=heartbeat,
+        name=name, home=home, host=host or settings.host, port=port or settings.port,
+        capacity=parse_size(capacity) if capacity else settings.capacity,
+        max_blob=parse_size(max_blob) if max_blob else settings.max_blob,
+        private=_private(private), registry=registry, prefect_api=prefect_api,
+        heartbeat=heartbeat, allowed_hosts=tuple(settings.allowed_hosts),
     )  # fmt: skip
     agent = NodeAgent(options)
     click.echo(f"node {name} ({agent.identity.id}) serving {options.url}", err=True)

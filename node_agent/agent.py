@@ -35,6 +35,7 @@ __all__ = ["NodeAgent", "NodeOptions", "private_blob_cids"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 NODE_KEY = "node"  # the same key signs this node's receipts (flows.tasks.NODE_KEY)
+SHARED_FILE = "private-shared.txt"  # private-dataset blobs that arrived by PUT too
 log = logging.getLogger("cidflow.node")
 
 
@@ -87,7 +88,12 @@ class NodeAgent:
         # The blobs this node serves and stores for the cluster: always its local folder.
         self.store = ArtifactStore(self.home)
         self.private = self._load_private(options.private)
+        # Blobs of private datasets are hidden, except those someone else sent us: the same
+        # bytes in a public artifact (an empty group's metadata, say) are no secret.
+        self._shared_file = self.home / SHARED_FILE
         self.private_cids = private_blob_cids(self.store, self.private.values())
+        self.private_cids -= self._shared()
+        self._shared_lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
 
@@ -108,16 +114,34 @@ class NodeAgent:
             save_private(self.home, datasets)
         return datasets
 
+    def _shared(self) -> set[str]:
+        try:
+            return set(self._shared_file.read_text().split())
+        except FileNotFoundError:
+            return set()
+
+    def _stored(self, cid: Any) -> None:
+        """A blob arrived by PUT: if a private dataset holds the same bytes, stop hiding it."""
+        key = str(cid)
+        if key not in self.private_cids:
+            return
+        with self._shared_lock:
+            with open(self._shared_file, "a") as f:
+                f.write(key + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.private_cids = self.private_cids - {key}
+
     # -- parts -----------------------------------------------------------------------------------
     def app(self) -> Any:
         from node_agent.blobs_app import create_app
 
-        private = self.private_cids
         return create_app(
             self.store.blobs,  # type: ignore[arg-type]  # a LocalBlobStore by construction
             token=self.token, node_id=self.identity.id, name=self.options.name,
             capacity=self.options.capacity, max_blob=self.options.max_blob,
-            allowed_hosts=self.options.allowed_hosts, private=lambda: private,
+            allowed_hosts=self.options.allowed_hosts, private=lambda: self.private_cids,
+            on_stored=self._stored,
         )  # fmt: skip
 
     def announce(self) -> None:

@@ -279,8 +279,13 @@ def create_app(
     private: PrivateCIDs = (),
     hardware: Hardware | None = None,
     probe_gpus: bool = True,
+    on_stored: Callable[[CID], None] | None = None,
 ) -> FastAPI:
     """The blob server of node ``node_id`` over ``store`` (see the module docstring).
+
+    ``on_stored`` is called with the CID of every accepted PUT: a blob someone sent is no
+    secret of this node, even when a private dataset holds the same bytes (a node agent then
+    stops hiding it, see :class:`node_agent.agent.NodeAgent`).
 
     ``token`` (required, at least 16 characters) guards writes, deletes and listing;
     ``capacity`` caps the bytes stored (``None``: no cap); ``max_blob`` caps one upload;
@@ -440,6 +445,8 @@ def create_app(
             raise _Refusal(507, "InsufficientStorage", "the node's disk is full") from None
         finally:
             writer.abort()
+        if on_stored is not None:
+            await run_in_threadpool(on_stored, key)
         return JSONResponse(
             {"cid": str(key), "size": writer.size, "created": created},
             status_code=201 if created else 200,

@@ -45,7 +45,7 @@ def test_reads_fill_the_cache_and_deletes_stay_local(tiers: tuple[LocalBlobStore
 def test_a_corrupt_local_copy_is_replaced_from_the_remote(
     tiers: tuple[LocalBlobStore, ...],
 ) -> None:
-    local, remote, store = tiers
+    local, _remote, store = tiers
     cid = store.put(b"x" * 1000)
     local.path_of(cid).chmod(0o644)
     local.path_of(cid).write_bytes(b"y" * 1000)

@@ -1,0 +1,85 @@
+"""``cidflow node start`` as a real process: options and CIDFLOW_NODE_* settings, an upload
+over the limit (413, nothing kept), and bad input refused with one line before serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from artifacts.cid import compute_cid
+
+pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CIDFLOW_", "PREFECT_"))}
+    return env | extra
+
+
+def test_max_blob_from_the_environment_and_the_flag(tmp_path: Path) -> None:
+    port = _port()
+    home = tmp_path / "node"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cidflow", "node", "start", "--name", "small", "--home",
+         str(home), "--max-blob", "1MiB"],
+        env=_env(CIDFLOW_NODE_PORT=str(port)), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"  # the port came from CIDFLOW_NODE_PORT
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        info = httpx.get(f"{url}/v1/info", timeout=5).json()
+        assert info["max_blob"] == 1 << 20
+        token = (home / "token").read_text().strip()
+        big = os.urandom((1 << 20) + 1)
+        answer = httpx.put(f"{url}/v1/blobs/{compute_cid(big)}", content=big, timeout=30,
+                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        assert answer.status_code == 413
+        assert not any((home / "blobs").rglob("b*"))
+        assert not list((home / "tmp").glob("*.incomplete"))  # the refused upload left nothing
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--name", "Bad_Name"], "node name 'Bad_Name'"),
+        (["--name", "ok", "--private", "nonsense"], "is not NAME=PATH"),
+        (["--name", "ok", "--private", "x=/no/such/file.npz"], "no such file or folder"),
+        (["--name", "ok", "--capacity", "lots"], "is not a size"),
+    ],
+)
+def test_bad_options_fail_with_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cidflow", "node", "start", "--home", str(tmp_path / "n"), *args],
+        env=_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert fragment in lines[0]
