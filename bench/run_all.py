@@ -19,6 +19,8 @@ BENCHES = [
     ("bench_rss.py", [], ["--no-npy"]),
     ("bench_registry.py", [], ["--versions", "10000", "--lookups", "500"]),
     ("bench_flows.py", [], ["--runs", "1", "--tasks", "5", "--compute-tasks", "2"]),
+    ("bench_hf.py", [], ["--runs", "1"]),
+    ("bench_cluster.py", [], ["--runs", "1"]),
 ]
 
 
