@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
+from servers import LiveServer
 
 from registry.client import RegistryClient
 from registry.entries import Signed, make_body, validate_body
@@ -50,26 +50,6 @@ HARDWARE = {
 
 
 # -- real servers on 127.0.0.1 --------------------------------------------------------------------
-
-
-class LiveServer:
-    """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the registry service did not start")
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
 
 
 class JsonServer:
