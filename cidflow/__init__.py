@@ -25,16 +25,31 @@ _EXPORTS = {
     "CorruptBlobError": "artifacts.errors",
     "InvalidCIDError": "artifacts.errors",
     "ManifestError": "artifacts.errors",
+    "HTTPBlobStore": "artifacts.blobstore",
+    "ReplicatedBlobStore": "artifacts.blobstore",
+    "open_store": "artifacts.cluster",
+    "Identity": "registry.identity",
+    "open_registry": "registry.local",
+    "cid_task": "flows.tasks",
+    "train_flow": "flows.pipelines",
+    "evaluate_flow": "flows.pipelines",
+    "infer_flow": "flows.pipelines",
+    "import_hf": "flows.hf",
+    "export_hf": "flows.hf",
+    "lineage": "flows.lineage",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
     from artifacts.artifact import Artifact as Artifact
+    from artifacts.blobstore import HTTPBlobStore as HTTPBlobStore
     from artifacts.blobstore import LocalBlobStore as LocalBlobStore
     from artifacts.blobstore import MemoryBlobStore as MemoryBlobStore
+    from artifacts.blobstore import ReplicatedBlobStore as ReplicatedBlobStore
     from artifacts.cid import CID as CID
     from artifacts.cid import cid_of as cid_of
+    from artifacts.cluster import open_store as open_store
     from artifacts.errors import ArtifactError as ArtifactError
     from artifacts.errors import ArtifactNotFoundError as ArtifactNotFoundError
     from artifacts.errors import CorruptBlobError as CorruptBlobError
@@ -43,6 +58,15 @@ if TYPE_CHECKING:
     from artifacts.settings import ArtifactSettings as ArtifactSettings
     from artifacts.store import ArtifactStore as ArtifactStore
     from artifacts.zarr_store import CASStore as CASStore
+    from flows.hf import export_hf as export_hf
+    from flows.hf import import_hf as import_hf
+    from flows.lineage import lineage as lineage
+    from flows.pipelines import evaluate_flow as evaluate_flow
+    from flows.pipelines import infer_flow as infer_flow
+    from flows.pipelines import train_flow as train_flow
+    from flows.tasks import cid_task as cid_task
+    from registry.identity import Identity as Identity
+    from registry.local import open_registry as open_registry
 
 
 def __getattr__(name: str) -> Any:
