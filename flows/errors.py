@@ -9,7 +9,8 @@
     ├── ModelSpecError      (ValueError)       an unknown model, or a user factory that fails
     ├── ShapeMismatchError  (ValueError)       a model whose input does not fit the dataset
     ├── TrainingError       (RuntimeError)     training failed (NaN loss, say)
-    └── HubError            (ValueError)       a Hugging Face repo that cannot be found or read
+    ├── HubError            (ValueError)       a Hugging Face repo that cannot be found or read
+    └── AggregationError    (ValueError)       federated updates that cannot be aggregated
 """
 
 from __future__ import annotations
@@ -45,3 +46,11 @@ class TrainingError(FlowError, RuntimeError):
 
 class HubError(FlowError, ValueError):
     """A Hugging Face source that is not a folder or repo id, not cached offline, or unreadable."""
+
+
+class AggregationError(FlowError, ValueError):
+    """Federated updates that cannot be aggregated: none at all, names or shapes that differ,
+    non-finite values, no examples in total, or a robust rule given too few clients for the
+    number of Byzantine clients it must tolerate. Strategies turn it into a failed
+    :class:`~flows.federated.strategies.base.AggregateResult` rather than letting it escape.
+    """

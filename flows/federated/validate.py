@@ -1,0 +1,184 @@
+"""Checks every client update before it is aggregated; a failed check is a recorded reason.
+
+A client is not trusted: its update must have exactly the global model's names, shapes and
+dtypes, only finite values, an update norm ``‖update − global‖₂`` (over all arrays together)
+within ``norm_bound``, and a claimed example count ``0 < num_examples ≤ max_examples`` (a huge
+claim would otherwise buy a huge FedAvg weight). :func:`validate_update` returns the first
+reason an update fails, or ``None``; :func:`screen` splits a round's updates into accepted ones
+and ``(client_id, reason)`` rejections, which strategies put in their result.
+
+A bad *global* model, or bad bounds, is the coordinator's fault, not a client's: those raise
+:class:`~flows.errors.AggregationError`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from flows.errors import AggregationError
+from flows.federated.aggregate import Array
+
+__all__ = ["ClientUpdate", "check_limits", "screen", "update_norm", "validate_update"]
+
+
+class ClientUpdate(NamedTuple):
+    """One client's result for a round: who sent it, its weights, its example count."""
+
+    client_id: str
+    weights: Mapping[str, Array]
+    num_examples: int
+
+
+def check_limits(norm_bound: float, max_examples: int) -> None:
+    """Raise :class:`~flows.errors.AggregationError` unless both screening limits make sense."""
+    if (
+        isinstance(norm_bound, bool)
+        or not isinstance(norm_bound, numbers.Real)
+        or math.isnan(norm_bound)
+        or norm_bound <= 0
+    ):
+        raise AggregationError(f"norm_bound must be a positive number (or inf), got {norm_bound!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, numbers.Integral):
+        raise AggregationError(f"max_examples must be an integer, got {max_examples!r}")
+    if max_examples < 1:
+        raise AggregationError(f"max_examples must be at least 1, got {max_examples}")
+
+
+def _check_global(global_weights: Mapping[str, Any]) -> None:
+    if not global_weights:
+        raise AggregationError("the global model has no arrays")
+    for name, a in global_weights.items():
+        if not isinstance(name, str):
+            raise AggregationError(f"the global model has a non-string array name {name!r}")
+        a = np.asarray(a)
+        if a.dtype.kind not in "fiu":
+            raise AggregationError(f"global array {name!r} has unsupported dtype {a.dtype}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise AggregationError(f"global array {name!r} has NaN or infinite values")
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def update_norm(global_weights: Mapping[str, Array], update: Mapping[str, Array]) -> float:
+    """``‖update − global‖₂`` over all arrays together, in float64 (inf if it overflows)."""
+    total = 0.0
+    for name, g in global_weights.items():
+        with np.errstate(over="ignore", invalid="ignore"):  # an infinite difference is inf
+            diff = np.asarray(update[name]).astype(np.float64) - np.asarray(g).astype(np.float64)
+        scale = float(np.max(np.abs(diff))) if diff.size else 0.0
+        if scale == 0.0:
+            continue
+        if not math.isfinite(scale):
+            return math.inf
+        # Scaled so that squaring cannot overflow before the square root.
+        total = math.hypot(total, scale * float(np.linalg.norm(diff / scale)))
+    return total
+
+
+def _reason(
+    global_weights: Mapping[str, Any],
+    update: Any,
+    num_examples: Any,
+    norm_bound: float,
+    max_examples: int,
+) -> str | None:
+    if isinstance(num_examples, bool) or not isinstance(num_examples, numbers.Integral):
+        return f"num_examples {num_examples!r} is not an integer"
+    num_examples = int(num_examples)
+    if num_examples <= 0:
+        return f"num_examples {num_examples} is not positive"
+    if num_examples > max_examples:
+        return f"claims {num_examples} examples, more than the cap of {max_examples}"
+    if not isinstance(update, Mapping):
+        return f"update is a {type(update).__name__}, not arrays by name"
+    missing = [n for n in global_weights if n not in update]
+    extra = [str(n) for n in update if n not in global_weights]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing arrays {_names(missing)}")
+        if extra:
+            parts.append(f"unexpected arrays {_names(sorted(extra))}")
+        return "; ".join(parts)
+    for name, g in global_weights.items():
+        a = update[name]
+        g = np.asarray(g)
+        if not isinstance(a, np.ndarray):
+            return f"array {name!r} is a {type(a).__name__}, not a numpy array"
+        if a.shape != g.shape:
+            return f"array {name!r} has shape {list(a.shape)}, the global model {list(g.shape)}"
+        if a.dtype != g.dtype:
+            return f"array {name!r} has dtype {a.dtype}, the global model {g.dtype}"
+        if a.dtype.kind == "f":
+            finite = np.isfinite(a)
+            if not finite.all():
+                nan = int(np.isnan(a).sum())
+                inf = int(a.size - finite.sum()) - nan
+                return f"array {name!r} has {nan} NaN and {inf} infinite values"
+    norm = update_norm(global_weights, update)
+    if not norm <= norm_bound:
+        return f"update norm {norm:.6g} exceeds the bound {norm_bound:.6g}"
+    return None
+
+
+def validate_update(
+    global_weights: Mapping[str, Array],
+    update: Mapping[str, Array],
+    num_examples: int,
+    *,
+    norm_bound: float,
+    max_examples: int,
+) -> str | None:
+    """Why ``update`` must not be aggregated into ``global_weights``, or ``None`` if it may.
+
+    Checks, in order: ``0 < num_examples ≤ max_examples``; the same array names as the global
+    model; for each array, a numpy array of the same shape and dtype with only finite values;
+    ``‖update − global‖₂ ≤ norm_bound`` (pass ``math.inf`` for no bound). An update norm that
+    overflows float64 counts as infinite, so it fails any finite bound.
+    """
+    check_limits(norm_bound, max_examples)
+    _check_global(global_weights)
+    return _reason(global_weights, update, num_examples, norm_bound, max_examples)
+
+
+def screen(
+    global_weights: Mapping[str, Array],
+    results: Sequence[tuple[str, Mapping[str, Array], int]],
+    *,
+    norm_bound: float,
+    max_examples: int,
+) -> tuple[list[ClientUpdate], list[tuple[str, str]]]:
+    """Split ``(client_id, weights, num_examples)`` results into accepted and rejected ones.
+
+    Rejections are ``(client_id, reason)`` in input order. A second update from the same client
+    in one round is rejected as a duplicate (it would otherwise count twice). Order is kept.
+    """
+    check_limits(norm_bound, max_examples)
+    _check_global(global_weights)
+    accepted: list[ClientUpdate] = []
+    rejected: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(results):
+        if not isinstance(item, tuple | list) or len(item) != 3:
+            rejected.append((f"#{i}", "not a (client_id, weights, num_examples) triple"))
+            continue
+        client_id, weights, num_examples = item
+        client = str(client_id)
+        if client in seen:
+            rejected.append((client, "duplicate update from this client in one round"))
+            continue
+        seen.add(client)
+        reason = _reason(global_weights, weights, num_examples, norm_bound, max_examples)
+        if reason is None:
+            accepted.append(ClientUpdate(client, weights, int(num_examples)))
+        else:
+            rejected.append((client, reason))
+    return accepted, rejected
