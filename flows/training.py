@@ -134,9 +134,12 @@ def train_model(
     progress: Callable[[dict[str, float]], None] | None = None,
     n_classes: int | None = None,
     device: torch.device | str | None = None,
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place (on ``device``, default :func:`pick_device`) and return its
     weights and per-epoch metrics; ``progress`` is called with each epoch's metrics dict.
+    ``regularizer(model)`` is added to every batch's loss (FedProx's proximal term, say); the
+    reported ``loss`` is the cross-entropy alone.
 
     Shapes are checked with one forward pass before any optimizer step
     (:class:`ShapeMismatchError`, as are labels outside ``[0, n_classes)``); a NaN or infinite
@@ -179,10 +182,17 @@ def train_model(
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
                 value = float(loss.item())
+                if regularizer is not None:
+                    loss = loss + regularizer(model)
                 if not math.isfinite(value):
                     raise TrainingError(
                         f"training diverged: loss is {value} at epoch {epoch}, batch {batch} "
                         f"(lr={config.lr}); check the data for NaN/inf and lower the learning rate"
+                    )
+                if regularizer is not None and not math.isfinite(float(loss.item())):
+                    raise TrainingError(
+                        f"training diverged: the regularised loss is not finite at epoch "
+                        f"{epoch}, batch {batch}"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
