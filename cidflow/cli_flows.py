@@ -279,3 +279,60 @@ def infer(
     params = {"model": model_cid, "dataset": data_cid, "split": split, "batch_size": batch_size}
     result = _run_flow(ctx, "infer", params, verbose)
     _report(result, as_json, [f"predictions: {result['predictions']} ({result['rows']} rows)"])
+
+
+@cli.command()
+@click.option("--dataset", required=True, metavar="REF_OR_CID", help="Dataset (train/test).")
+@click.option("--clients", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--partition", default="dirichlet:0.5", show_default=True,
+              help="iid or dirichlet:ALPHA (non-IID).")  # fmt: skip
+@click.option("--rounds", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--strategy", default="fedavg", show_default=True,
+              help="fedavg, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, fedtrimmedavg, "
+              "krum, multikrum.")  # fmt: skip
+@click.option("--strategy-arg", "strategy_args", multiple=True, metavar="KEY=VALUE",
+              help="e.g. proximal_mu=0.1, beta=0.2, num_malicious=1")  # fmt: skip
+@click.option("--model", default="mlp", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Local epochs per round.")  # fmt: skip
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-3,
+              show_default=True)  # fmt: skip
+@registry_option
+@verbose_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def federated(
+    ctx: click.Context, dataset: str, clients: int, partition: str, rounds: int, strategy: str,
+    strategy_args: tuple[str, ...], model: str, seed: int, epochs: int, lr: float,
+    target: str | None, verbose: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Federated training in simulation: the dataset's clients train locally, only updates
+    travel (as artifacts), the strategy aggregates; a history of accuracy per round."""
+    from flows.federated.partition import parse_partition
+    from flows.federated.strategies import STRATEGIES
+
+    parse_partition(partition)  # bad specs fail here, before Prefect starts
+    if strategy not in STRATEGIES:
+        raise click.BadParameter(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
+    cid, _ = _resolve(ctx, dataset, target)
+    _flow_env(ctx, verbose)
+    from flows.federated.flow import federated_train
+
+    result: dict[str, Any] = federated_train(
+        dataset=cid, clients=clients, partition=partition, rounds=rounds, strategy=strategy,
+        model=model, seed=seed, epochs=epochs, lr=lr,
+        strategy_args=_kwargs(strategy_args) or None,
+    )  # fmt: skip
+    if as_json:
+        _emit_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("round", "accuracy", "loss", "rejected updates")
+    for row in result["history"]:
+        table.add_row(str(row["round"]), f"{row['accuracy']:.4f}", f"{row['loss']:.4f}",
+                      str(row["rejected"]))  # fmt: skip
+    Console().print(table)
+    click.echo(f"model: {result['model']}  final accuracy {result['accuracy']:.4f}")

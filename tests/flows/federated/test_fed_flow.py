@@ -1,0 +1,112 @@
+"""``cidflow federated`` end to end as a user runs it (real Prefect flow runs in subprocesses,
+a real store): the contract's JSON, lineage through every round, a cached rerun, a coordinator
+killed mid-run that resumes to the same model CID, a stateful server optimiser, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from artifacts.store import ArtifactStore
+from flows.lineage import receipt_index
+
+pytestmark = [pytest.mark.xdist_group("prefect"), pytest.mark.slow]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CIDFLOW_"))}
+    return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def _cmd(home: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cidflow", "--home", str(home), *args]
+
+
+def _ok(home: Path, *args: str) -> Any:
+    proc = subprocess.run(_cmd(home, *args), capture_output=True, text=True, env=_env(),
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _home(tmp_path: Path, name: str) -> tuple[Path, str]:
+    home = tmp_path / name
+    assert subprocess.run(_cmd(home, "key", "new"), env=_env(), capture_output=True).returncode == 0
+    pub = _ok(home, "publish", "sklearn:digits", "--name", "demo/digits", "--version", "1.0.0",
+              "--json")  # fmt: skip
+    return home, str(pub["cid"])
+
+
+RUN = ["federated", "--dataset", "demo/digits", "--clients", "3", "--partition",
+       "dirichlet:0.5", "--rounds", "3", "--strategy", "fedavg", "--model", "mlp", "--seed", "0",
+       "--json"]  # fmt: skip
+
+
+def _tasks(home: Path, task: str) -> int:
+    store = ArtifactStore(home, read_only=True)
+    return sum(1 for rs in receipt_index(store).values() for r in rs if r.body["task"] == task)
+
+
+def test_federated_contract_lineage_rerun_and_resume(tmp_path: Path) -> None:
+    home, dataset = _home(tmp_path, "a")
+    out = _ok(home, *RUN)
+    assert {"model", "history", "accuracy"} <= set(out)
+    assert [h["round"] for h in out["history"]] == [1, 2, 3]
+    assert all(0 <= h["accuracy"] <= 1 for h in out["history"])
+    assert out["accuracy"] == out["history"][-1]["accuracy"]
+    assert out["accuracy"] > 0.8
+    # Lineage: the final model <- aggregate(round 3) <- client updates <- ... <- the dataset.
+    tree = _ok(home, "lineage", out["model"], "--json")
+    assert tree["produced_by"]["task"] == "fed-aggregate"
+    text = json.dumps(tree)
+    assert '"fed-client"' in text
+    assert '"fed-split"' in text
+    assert dataset in text
+    # The same run again: every step served from the cache, the same model.
+    assert _ok(home, *RUN)["model"] == out["model"]
+    assert _tasks(home, "fed-client") == 9  # 3 rounds x 3 clients, executed once
+
+    # A coordinator killed after its first round resumes to the same model CID.
+    other, _ = _home(tmp_path, "b")
+    proc = subprocess.Popen(_cmd(other, *RUN), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while _tasks(other, "fed-aggregate") < 1:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _tasks(other, "fed-aggregate") < 3
+    resumed = _ok(other, *RUN)
+    assert resumed["model"] == out["model"]
+    assert resumed["history"] == out["history"]
+    assert _tasks(other, "fed-client") == 9  # the rounds done before the kill did not rerun
+
+
+def test_server_optimiser_strategy_and_bad_input(tmp_path: Path) -> None:
+    home, _ = _home(tmp_path, "c")
+    args = [a if a != "fedavg" else "fedadam" for a in RUN]
+    args[args.index("3", args.index("--rounds"))] = "2"
+    out = _ok(home, *args)
+    assert len(out["history"]) == 2
+    assert out["model"] != _ok(home, *RUN[:-1], "--rounds", "2", "--json")["model"]
+    for bad, fragment in [
+        (["--strategy", "fedmagic"], "unknown strategy 'fedmagic'"),
+        (["--partition", "dirichlet:-1"], "ALPHA must be a positive number"),
+    ]:
+        proc = subprocess.run(_cmd(home, *RUN[:-1], *bad), capture_output=True, text=True,
+                              env=_env(), timeout=300)  # fmt: skip
+        assert proc.returncode in (1, 2)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr[-2000:]  # refused before Prefect starts
+        assert lines[0].startswith("error:")
+        assert fragment in lines[0]
