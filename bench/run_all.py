@@ -21,6 +21,7 @@ BENCHES = [
     ("bench_flows.py", [], ["--runs", "1", "--tasks", "5", "--compute-tasks", "2"]),
     ("bench_hf.py", [], ["--runs", "1"]),
     ("bench_cluster.py", [], ["--runs", "1"]),
+    ("bench_federated.py", [], ["--rounds", "5", "--strategies", "fedavg", "krum"]),
 ]
 
 
