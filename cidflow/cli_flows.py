@@ -298,6 +298,10 @@ def infer(
               help="Local epochs per round.")  # fmt: skip
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-3,
               show_default=True)  # fmt: skip
+@click.option("--byzantine", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Simulation: clients that send --attack, not honest updates.")  # fmt: skip
+@click.option("--attack", default="scale:1000", show_default=True,
+              help="What Byzantine clients send: scale:K or signflip.")  # fmt: skip
 @registry_option
 @verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -305,7 +309,7 @@ def infer(
 def federated(
     ctx: click.Context, dataset: str, clients: int, partition: str, rounds: int, strategy: str,
     strategy_args: tuple[str, ...], model: str, seed: int, epochs: int, lr: float,
-    target: str | None, verbose: bool, as_json: bool,
+    byzantine: int, attack: str, target: str | None, verbose: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Federated training in simulation: the dataset's clients train locally, only updates
     travel (as artifacts), the strategy aggregates; a history of accuracy per round."""
@@ -315,6 +319,12 @@ def federated(
     parse_partition(partition)  # bad specs fail here, before Prefect starts
     if strategy not in STRATEGIES:
         raise click.BadParameter(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
+    if byzantine > clients:
+        raise click.BadParameter(f"--byzantine {byzantine} is more than the {clients} clients")
+    if byzantine:
+        from flows.federated.flow import apply_attack
+
+        apply_attack(attack, {}, {})
     cid, _ = _resolve(ctx, dataset, target)
     _flow_env(ctx, verbose)
     from flows.federated.flow import federated_train
@@ -322,7 +332,7 @@ def federated(
     result: dict[str, Any] = federated_train(
         dataset=cid, clients=clients, partition=partition, rounds=rounds, strategy=strategy,
         model=model, seed=seed, epochs=epochs, lr=lr,
-        strategy_args=_kwargs(strategy_args) or None,
+        strategy_args=_kwargs(strategy_args) or None, byzantine=byzantine, attack=attack,
     )  # fmt: skip
     if as_json:
         _emit_json(result)

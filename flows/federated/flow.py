@@ -65,6 +65,30 @@ def _put_model(weights: Weights, spec: dict[str, Any], info: dict[str, Any], sou
     return str(cid)
 
 
+def apply_attack(attack: str, before: Weights, after: Weights) -> Weights:
+    """What a Byzantine client sends instead of its honest weights (simulation only):
+    ``scale:K`` sends ``before + K * (after - before)`` (K = 1000: a huge update), ``signflip``
+    sends ``before - (after - before)``. Integer arrays are left honest."""
+    kind, _, value = attack.partition(":")
+    if kind == "signflip" and not value:
+        factor = -1.0
+    elif kind == "scale":
+        try:
+            factor = float(value)
+        except ValueError:
+            raise FlowError(f"attack {attack!r}: scale:K needs a number K") from None
+    else:
+        raise FlowError(f"unknown attack {attack!r} (expected scale:K or signflip)")
+    out: Weights = {}
+    for name, new in after.items():
+        old = before[name]
+        if np.issubdtype(new.dtype, np.floating):
+            out[name] = (old + factor * (new - old)).astype(new.dtype)
+        else:
+            out[name] = new
+    return out
+
+
 @cid_task(name="fed-split")
 def split_clients(dataset: str, clients: int, partition: str, seed: int) -> dict[str, Any]:
     """The dataset's training split cut into one artifact (``x``, ``y``) per client."""
@@ -111,8 +135,10 @@ def client_round(
     batch_size: int = 32,
     seed: int = 0,
     proximal_mu: float = 0.0,
+    attack: str | None = None,
 ) -> dict[str, Any]:
-    """One client's local training from the global model; the update is an artifact."""
+    """One client's local training from the global model; the update is an artifact.
+    ``attack`` makes this client Byzantine (simulation only, see :func:`apply_attack`)."""
     from flows.federated.client import local_train
 
     weights, spec = _weights(global_model)
@@ -121,8 +147,11 @@ def client_round(
         _model_spec(spec), weights, local["x"], local["y"], epochs=epochs, lr=lr,
         batch_size=batch_size, seed=seed, proximal_mu=proximal_mu,
     )  # fmt: skip
+    sent = apply_attack(attack, weights, result.weights) if attack else result.weights
     info = {"round": round, "update_of": global_model, "data": data}
-    update = _put_model(result.weights, spec, info, "federated client")
+    if attack:
+        info["attack"] = attack
+    update = _put_model(sent, spec, info, "federated client")
     return {"update": update, "num_examples": result.num_examples, "metrics": result.metrics}
 
 
@@ -185,8 +214,11 @@ def federated_train_fn(
     batch_size: int = 32,
     strategy_args: dict[str, Any] | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    byzantine: int = 0,
+    attack: str = "scale:1000",
 ) -> dict[str, Any]:
-    """The rounds (see the module docstring); returns the final model, history, accuracy."""
+    """The rounds (see the module docstring); returns the final model, history, accuracy.
+    ``byzantine`` > 0 makes the first that many clients send ``attack`` (robustness tests)."""
     from prefect.logging import get_run_logger
 
     from flows.federated.strategies import STRATEGIES
@@ -196,6 +228,10 @@ def federated_train_fn(
         raise AggregationError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     if rounds < 1 or clients < 1:
         raise FlowError("rounds and clients must be at least 1")
+    if not 0 <= byzantine <= clients:
+        raise FlowError(f"byzantine must be between 0 and the {clients} clients")
+    if byzantine:
+        apply_attack(attack, {}, {})  # a bad attack spec fails before any round
     log = get_run_logger()
     args = dict(strategy_args or {})
     if strategy == "fedprox":
@@ -216,6 +252,7 @@ def federated_train_fn(
                 batch_size=batch_size,
                 seed=seed * 100_003 + rnd * 1_009 + k,
                 proximal_mu=mu,
+                attack=attack if k < byzantine else None,
             )
             for k, data in enumerate(parts["clients"])
         ]

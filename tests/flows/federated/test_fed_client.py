@@ -72,3 +72,20 @@ def test_fedavg_rounds_on_non_iid_digits_learn() -> None:
     load_weights(net, weights)
     accuracy = evaluate_model(net, X[test], Y[test])["accuracy"]
     assert accuracy > 0.8
+
+
+def test_byzantine_attacks_transform_the_update_only() -> None:
+    from flows.errors import FlowError
+    from flows.federated.flow import apply_attack
+
+    before = {"w": np.array([1.0, 2.0], dtype=np.float32), "n": np.array([3], dtype=np.int64)}
+    after = {"w": np.array([1.5, 1.0], dtype=np.float32), "n": np.array([4], dtype=np.int64)}
+    scaled = apply_attack("scale:1000", before, after)
+    np.testing.assert_allclose(scaled["w"], [501.0, -998.0])
+    assert scaled["w"].dtype == np.float32
+    assert scaled["n"][0] == 4  # integer arrays stay honest
+    flipped = apply_attack("signflip", before, after)
+    np.testing.assert_allclose(flipped["w"], [0.5, 3.0])
+    for bad in ("scale:x", "scale", "poison", "signflip:2"):
+        with pytest.raises(FlowError, match="attack"):
+            apply_attack(bad, before, after)
