@@ -302,6 +302,12 @@ def infer(
               help="Simulation: clients that send --attack, not honest updates.")  # fmt: skip
 @click.option("--attack", default="scale:1000", show_default=True,
               help="What Byzantine clients send: scale:K or signflip.")  # fmt: skip
+@click.option("--dp-epsilon", type=click.FloatRange(min=0, min_open=True),
+              help="Differential privacy (fedavg): the total epsilon to spend.")  # fmt: skip
+@click.option("--dp-delta", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=1e-5, show_default=True)  # fmt: skip
+@click.option("--dp-clip", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="L2 bound on each client's update.")  # fmt: skip
 @registry_option
 @verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -309,7 +315,8 @@ def infer(
 def federated(
     ctx: click.Context, dataset: str, clients: int, partition: str, rounds: int, strategy: str,
     strategy_args: tuple[str, ...], model: str, seed: int, epochs: int, lr: float,
-    byzantine: int, attack: str, target: str | None, verbose: bool, as_json: bool,
+    byzantine: int, attack: str, dp_epsilon: float | None, dp_delta: float, dp_clip: float,
+    target: str | None, verbose: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Federated training in simulation: the dataset's clients train locally, only updates
     travel (as artifacts), the strategy aggregates; a history of accuracy per round."""
@@ -319,6 +326,8 @@ def federated(
     parse_partition(partition)  # bad specs fail here, before Prefect starts
     if strategy not in STRATEGIES:
         raise click.BadParameter(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
+    if dp_epsilon is not None and strategy != "fedavg":
+        raise click.BadParameter("--dp-epsilon is offered with --strategy fedavg only")
     if byzantine > clients:
         raise click.BadParameter(f"--byzantine {byzantine} is more than the {clients} clients")
     if byzantine:
@@ -333,6 +342,7 @@ def federated(
         dataset=cid, clients=clients, partition=partition, rounds=rounds, strategy=strategy,
         model=model, seed=seed, epochs=epochs, lr=lr,
         strategy_args=_kwargs(strategy_args) or None, byzantine=byzantine, attack=attack,
+        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip,
     )  # fmt: skip
     if as_json:
         _emit_json(result)

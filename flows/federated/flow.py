@@ -164,8 +164,12 @@ def aggregate_round(
     strategy: str,
     strategy_args: dict[str, Any] | None = None,
     server_state: str | None = None,
+    dp: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Screen and aggregate the round's updates into the next global model (or a failure)."""
+    """Screen and aggregate the round's updates into the next global model (or a failure).
+
+    With ``dp`` (``clip``, ``noise_multiplier``, ``seed``; FedAvg only) the screened updates are
+    clipped and averaged with Gaussian noise (:func:`~flows.federated.privacy.private_mean`)."""
     from flows.federated.strategies import STRATEGIES, FedOpt, ServerOptState
 
     if strategy not in STRATEGIES:
@@ -183,7 +187,10 @@ def aggregate_round(
     weights, spec = _weights(global_model)
     results = [(f"client-{k}", _weights(u)[0], n) for k, (u, n) in
                enumerate(zip(updates, counts, strict=True))]  # fmt: skip
-    outcome = chosen.aggregate(round, weights, results)
+    if dp is not None:
+        outcome = _private_round(chosen, weights, results, dp, round)
+    else:
+        outcome = chosen.aggregate(round, weights, results)
     answer: dict[str, Any] = {
         "rejected": [list(r) for r in outcome.rejected],
         "metrics": dict(outcome.metrics),
@@ -201,6 +208,27 @@ def aggregate_round(
     return answer
 
 
+def _private_round(
+    chosen: Any, weights: Weights, results: list[Any], dp: dict[str, float], round: int
+) -> Any:
+    from flows.federated.aggregate import cast_like
+    from flows.federated.privacy import private_mean
+    from flows.federated.strategies import AggregateResult, FedAvg
+    from flows.federated.validate import screen
+
+    if not isinstance(chosen, FedAvg):
+        raise AggregationError("differential privacy is offered with fedavg only")
+    accepted, rejected = screen(weights, results, norm_bound=chosen.norm_bound,
+                                max_examples=chosen.max_examples)  # fmt: skip
+    metrics: dict[str, float | int | str] = {"received": len(results), "accepted": len(accepted)}
+    if len(accepted) < chosen.min_clients:
+        return AggregateResult(None, rejected, metrics, failure="too few accepted updates")
+    rng = np.random.default_rng([int(dp.get("seed", 0)), round])
+    mean = private_mean(weights, [u.weights for u in accepted], clip=float(dp["clip"]),
+                        noise_multiplier=float(dp["noise_multiplier"]), rng=rng)  # fmt: skip
+    return AggregateResult(cast_like(weights, mean), rejected, metrics)
+
+
 def federated_train_fn(
     dataset: str,
     clients: int = 5,
@@ -216,6 +244,9 @@ def federated_train_fn(
     model_kwargs: dict[str, Any] | None = None,
     byzantine: int = 0,
     attack: str = "scale:1000",
+    dp_epsilon: float | None = None,
+    dp_delta: float = 1e-5,
+    dp_clip: float = 1.0,
 ) -> dict[str, Any]:
     """The rounds (see the module docstring); returns the final model, history, accuracy.
     ``byzantine`` > 0 makes the first that many clients send ``attack`` (robustness tests)."""
@@ -233,6 +264,16 @@ def federated_train_fn(
     if byzantine:
         apply_attack(attack, {}, {})  # a bad attack spec fails before any round
     log = get_run_logger()
+    dp: dict[str, float] | None = None
+    if dp_epsilon is not None:
+        from flows.federated.privacy import noise_for_epsilon
+
+        sigma = noise_for_epsilon(dp_epsilon, rounds, dp_delta)
+        dp = {"clip": dp_clip, "noise_multiplier": sigma, "seed": seed}
+        log.info(
+            "differential privacy: epsilon %.3g at delta %g over %d rounds: noise multiplier "
+            "%.4f, clip %g", dp_epsilon, dp_delta, rounds, sigma, dp_clip,
+        )  # fmt: skip
     args = dict(strategy_args or {})
     if strategy == "fedprox":
         args.setdefault("proximal_mu", 0.01)
@@ -259,7 +300,7 @@ def federated_train_fn(
         agg = aggregate_round(
             global_model=global_model, updates=[u["update"] for u in ups],
             counts=[int(u["num_examples"]) for u in ups], round=rnd, strategy=strategy,
-            strategy_args=args, server_state=state,
+            strategy_args=args, server_state=state, dp=dp,
         )  # fmt: skip
         if agg["model"] is None:
             raise AggregationError(f"round {rnd} failed: {agg['failure']} (no model published)")
@@ -270,8 +311,14 @@ def federated_train_fn(
         history.append(row)
         log.info("round %d/%d  accuracy=%.4f  loss=%.4f  rejected=%d", rnd, rounds,
                  row["accuracy"], row["loss"], row["rejected"])  # fmt: skip
+    privacy = None
+    if dp is not None:
+        from flows.federated.privacy import epsilon
+
+        spent = epsilon(dp["noise_multiplier"], rounds, dp_delta)
+        privacy = {"epsilon": spent, "delta": dp_delta, **dp}
     return {"model": global_model, "history": history, "accuracy": history[-1]["accuracy"],
-            "clients": parts["clients"], "strategy": strategy}  # fmt: skip
+            "clients": parts["clients"], "strategy": strategy, "privacy": privacy}  # fmt: skip
 
 
 federated_train = flow(name="federated-train", log_prints=False)(federated_train_fn)

@@ -99,7 +99,12 @@ def test_server_optimiser_strategy_and_bad_input(tmp_path: Path) -> None:
     out = _ok(home, *args)
     assert len(out["history"]) == 2
     assert out["model"] != _ok(home, *RUN[:-1], "--rounds", "2", "--json")["model"]
+    private = _ok(home, *RUN[:-1], "--rounds", "2", "--dp-epsilon", "8", "--json")
+    assert 7.9 < private["privacy"]["epsilon"] <= 8.0
+    assert private["privacy"]["noise_multiplier"] > 0
+    assert private["model"] != out["model"]
     for bad, fragment in [
+        (["--strategy", "krum", "--dp-epsilon", "8"], "with --strategy fedavg only"),
         (["--strategy", "fedmagic"], "unknown strategy 'fedmagic'"),
         (["--partition", "dirichlet:-1"], "ALPHA must be a positive number"),
     ]:
