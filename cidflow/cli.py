@@ -398,14 +398,10 @@ def _home(ctx: click.Context) -> Path:
 
 
 def _registry(ctx: click.Context, target: str | None) -> RegistryLike:
-    if target and target.startswith(("http://", "https://")):
-        from registry.client import RegistryClient
-        from registry.settings import RegistrySettings
+    from registry.local import open_target
 
-        return RegistryClient(target, token=RegistrySettings().registry_token)
-    from registry.local import open_registry
-
-    return open_registry(target, _home(ctx))
+    registry: RegistryLike = open_target(target, _home(ctx))
+    return registry
 
 
 from cidflow import cli_registry as _cli_registry  # noqa: E402  (registers the registry commands)

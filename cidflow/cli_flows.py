@@ -331,9 +331,9 @@ def federated(
     if byzantine > clients:
         raise click.BadParameter(f"--byzantine {byzantine} is more than the {clients} clients")
     if byzantine:
-        from flows.federated.flow import apply_attack
+        from flows.federated.flow import attack_factor
 
-        apply_attack(attack, {}, {})
+        attack_factor(attack)
     cid, _ = _resolve(ctx, dataset, target)
     _flow_env(ctx, verbose)
     from flows.federated.flow import federated_train

@@ -47,7 +47,7 @@ import numpy as np
 
 from artifacts.cid import CID
 from artifacts.store import ArtifactStore
-from flows.errors import DatasetError
+from flows.errors import DatasetError, one_line
 
 __all__ = ["SKLEARN_DATASETS", "Dataset", "load_source", "put_dataset"]
 
@@ -209,12 +209,7 @@ class _reading:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, Exception) and not isinstance(exc, DatasetError):
-            raise DatasetError(f"cannot read {self.where}: {_one_line(exc)}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+            raise DatasetError(f"cannot read {self.where}: {one_line(exc)}") from exc
 
 
 def _parse_bytes(
@@ -368,7 +363,7 @@ def _read_dvc(spec: str, *, label: str | None, revision: str | None) -> _Raw:
         with dvc.api.open(path, repo=os.getcwd(), rev=rev_or_none, mode="rb") as handle:
             data = handle.read()
     except Exception as exc:  # dvc raises many unrelated types: unknown rev, no repo, missing path
-        raise DatasetError(f"cannot read {where}: {_one_line(exc)}") from exc
+        raise DatasetError(f"cannot read {where}: {one_line(exc)}") from exc
     source: dict[str, Any] = {"kind": "dvc", "name": path, "format": kind}
     if rev_or_none:
         source["rev"] = rev_or_none
@@ -510,7 +505,7 @@ def _split(
         )  # fmt: skip
     except ValueError as exc:
         raise DatasetError(
-            f"cannot split {where} with test_size={test_size}: {_one_line(exc)}"
+            f"cannot split {where} with test_size={test_size}: {one_line(exc)}"
         ) from exc
     if len(train_i) == 0 or len(test_i) == 0:
         raise DatasetError(f"cannot split {where}: too few rows ({len(y)}) for test_size")

@@ -54,3 +54,10 @@ class AggregationError(FlowError, ValueError):
     number of Byzantine clients it must tolerate. Strategies turn it into a failed
     :class:`~flows.federated.strategies.base.AggregateResult` rather than letting it escape.
     """
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line
+    errors that wrap another library's exception."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

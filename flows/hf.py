@@ -28,7 +28,7 @@ import numpy as np
 
 from artifacts.cid import CID
 from artifacts.store import ArtifactStore
-from flows.errors import HubError
+from flows.errors import HubError, one_line
 
 __all__ = [
     "HF_ATTR",
@@ -107,9 +107,9 @@ def resolve_hub_source(
             ) from None
         raise HubError(f"{where}: cannot reach the Hugging Face Hub and it is not cached") from None
     except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as exc:
-        raise HubError(f"{repo_type} repo {source}: {_one_line(exc)}") from None
+        raise HubError(f"{repo_type} repo {source}: {one_line(exc)}") from None
     except (errors.HfHubHTTPError, OSError, ValueError) as exc:
-        raise HubError(f"cannot fetch {repo_type} repo {source}: {_one_line(exc)}") from None
+        raise HubError(f"cannot fetch {repo_type} repo {source}: {one_line(exc)}") from None
     snapshot = Path(str(found))
     return HubFolder(snapshot, source, snapshot.name, snapshot.parent.parent)
 
@@ -222,10 +222,5 @@ def push_hf(
                 commit_message=message or f"Upload cidflow artifact {cid}",
             )  # fmt: skip
         except (errors.HfHubHTTPError, OSError, ValueError) as exc:
-            raise HubError(f"cannot push to {repo_id}: {_one_line(exc)}") from None
+            raise HubError(f"cannot push to {repo_id}: {one_line(exc)}") from None
     return str(getattr(info, "commit_url", info))
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -25,7 +25,7 @@ from prefect import flow
 
 from artifacts.canonical import canonical_json, loads_strict
 from artifacts.cid import as_cid
-from flows.errors import FlowError
+from flows.errors import FlowError, one_line
 from flows.pipelines import evaluate, infer, train
 from flows.tasks import current_runtime
 
@@ -204,7 +204,7 @@ def _run_on_node(
             as_subflow=False,
         )  # fmt: skip
     except Exception as exc:  # Prefect raises its own types: ObjectNotFound, httpx errors...
-        raise RemoteRunError(f"cannot run {name}: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise RemoteRunError(f"cannot run {name}: {type(exc).__name__}: {one_line(exc)}") from None
     state = run.state
     if state is None or not state.is_final():
         raise RemoteRunError(f"{name}: flow run {run.id} did not finish within {timeout:g}s")
@@ -229,8 +229,3 @@ def _parse_result(markdown: str, where: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise RemoteRunError(f"{where}: the result is not a JSON object")
     return doc
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

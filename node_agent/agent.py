@@ -150,7 +150,9 @@ class NodeAgent:
             return
         used = sum(self.store.blobs.stat(c).size for c in self.store.blobs.iter_cids())
         hardware = probe_hardware(import_torch=True).as_json()
-        registry: Any = _open_registry(self.options.registry, self.home)
+        from registry.local import open_target
+
+        registry: Any = open_target(self.options.registry, self.home)
         registry.announce_node(
             self.identity, endpoint=self.options.url, capacity=self.options.capacity,
             hardware=hardware, name=self.options.name, used=used,
@@ -213,14 +215,3 @@ class NodeAgent:
         finally:
             self._stop.set()
             self.stop_flows()
-
-
-def _open_registry(target: str, home: Path) -> Any:
-    if target.startswith(("http://", "https://")):
-        from registry.client import RegistryClient
-        from registry.settings import RegistrySettings
-
-        return RegistryClient(target, token=RegistrySettings().registry_token)
-    from registry.local import open_registry
-
-    return open_registry(target, home)

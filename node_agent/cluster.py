@@ -40,11 +40,17 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``; mode 0600 from creation (tokens live here)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.chmod(tmp, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    _write_private(path, json.dumps(doc, indent=2, sort_keys=True))
 
 
 def load_cluster(home: Path) -> dict[str, Any] | None:
@@ -113,7 +119,7 @@ def cluster_up(
     home.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     token_file = home / TOKEN_FILE
-    _write_json_text(token_file, token)
+    _write_private(token_file, token)
     marker = f"cidflow-cluster-{secrets.token_hex(6)}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CIDFLOW_"))}
     env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
@@ -140,7 +146,7 @@ def cluster_up(
         for name in names:
             node_home = home / "nodes" / name
             node_home.mkdir(parents=True, exist_ok=True)
-            _write_json_text(node_home / TOKEN_FILE, token)
+            _write_private(node_home / TOKEN_FILE, token)
             node_storage = storage | {"cache": True}
             _write_json(node_home / CLUSTER_FILE, {"storage": node_storage})
             cmd = [sys.executable, "-m", "cidflow", "node", "start", "--name", name,
@@ -172,14 +178,6 @@ def cluster_up(
         (home / STOPPED_FILE).unlink()
     _write_json(home / CLUSTER_FILE, doc)
     return _summary(home, doc)
-
-
-def _write_json_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
 
 
 def _summary(home: Path, doc: dict[str, Any]) -> dict[str, Any]:

@@ -17,12 +17,11 @@ from typing import Any
 from artifacts.cid import as_cid
 from artifacts.errors import InvalidCIDError
 from artifacts.store import ArtifactStore
+from flows.remote import PRIVATE_PREFIX
 from node_agent.errors import NodeAgentError
 from node_agent.scheduler import choose_node, input_blobs
 
 __all__ = ["run_on_cluster"]
-
-PRIVATE_PREFIX = "private:"
 
 
 def _cids_in(params: dict[str, Any]) -> list[str]:

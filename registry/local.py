@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from registry.errors import RegistryError
 from registry.identity import Identity
 from registry.registry import Registry
 
-__all__ = ["database_url", "open_registry"]
+__all__ = ["database_url", "open_registry", "open_target"]
 
 REGISTRY_KEY = "registry"
 
@@ -42,3 +43,14 @@ def open_registry(target: str | None, home: str | os.PathLike[str]) -> Registry:
         return Registry(url, identity)
     except RegistryError:
         return Registry(url, None)
+
+
+def open_target(target: str | None, home: str | os.PathLike[str]) -> Any:
+    """The registry a ``--registry`` value names: a service URL (a :class:`RegistryClient`,
+    appending with ``CIDFLOW_REGISTRY_TOKEN``) or a database (:func:`open_registry`)."""
+    if target and target.startswith(("http://", "https://")):
+        from registry.client import RegistryClient
+        from registry.settings import RegistrySettings
+
+        return RegistryClient(target, token=RegistrySettings().registry_token)
+    return open_registry(target, home)

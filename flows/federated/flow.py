@@ -65,20 +65,24 @@ def _put_model(weights: Weights, spec: dict[str, Any], info: dict[str, Any], sou
     return str(cid)
 
 
+def attack_factor(attack: str) -> float:
+    """The factor K of an attack spec: ``scale:K`` → K, ``signflip`` → −1."""
+    kind, _, value = attack.partition(":")
+    if kind == "signflip" and not value:
+        return -1.0
+    if kind == "scale":
+        try:
+            return float(value)
+        except ValueError:
+            raise FlowError(f"attack {attack!r}: scale:K needs a number K") from None
+    raise FlowError(f"unknown attack {attack!r} (expected scale:K or signflip)")
+
+
 def apply_attack(attack: str, before: Weights, after: Weights) -> Weights:
     """What a Byzantine client sends instead of its honest weights (simulation only):
     ``scale:K`` sends ``before + K * (after - before)`` (K = 1000: a huge update), ``signflip``
     sends ``before - (after - before)``. Integer arrays are left honest."""
-    kind, _, value = attack.partition(":")
-    if kind == "signflip" and not value:
-        factor = -1.0
-    elif kind == "scale":
-        try:
-            factor = float(value)
-        except ValueError:
-            raise FlowError(f"attack {attack!r}: scale:K needs a number K") from None
-    else:
-        raise FlowError(f"unknown attack {attack!r} (expected scale:K or signflip)")
+    factor = attack_factor(attack)
     out: Weights = {}
     for name, new in after.items():
         old = before[name]
@@ -178,8 +182,8 @@ def aggregate_round(
     args = dict(strategy_args or {})
     store = current_runtime().store
     if issubclass(cls, FedOpt) and server_state is not None:
-        arrays = store.open_artifact(server_state).to_numpy()
-        step = int(store.open_artifact(server_state).attrs["step"])
+        saved = store.open_artifact(server_state)
+        arrays, step = saved.to_numpy(), int(saved.attrs["step"])
         names = sorted({k.split("/", 1)[1] for k in arrays})
         args["state"] = ServerOptState(step, {n: arrays[f"m/{n}"] for n in names},
                                        {n: arrays[f"v/{n}"] for n in names})  # fmt: skip
@@ -262,7 +266,7 @@ def federated_train_fn(
     if not 0 <= byzantine <= clients:
         raise FlowError(f"byzantine must be between 0 and the {clients} clients")
     if byzantine:
-        apply_attack(attack, {}, {})  # a bad attack spec fails before any round
+        attack_factor(attack)  # a bad attack spec fails before any round
     log = get_run_logger()
     dp: dict[str, float] | None = None
     if dp_epsilon is not None:
