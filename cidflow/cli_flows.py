@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -308,6 +309,22 @@ def infer(
               default=1e-5, show_default=True)  # fmt: skip
 @click.option("--dp-clip", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="L2 bound on each client's update.")  # fmt: skip
+@click.option("--client", "node_clients", multiple=True, metavar="NODE[=DATASET]",
+              help="Cluster mode: a node agent as a client, training on DATASET there "
+              "(default private:federated). Repeat for each node; replaces --clients/"
+              "--partition.")  # fmt: skip
+@click.option("--round-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Seconds a round waits for its clients.")  # fmt: skip
+@click.option("--min-clients", type=click.IntRange(min=1),
+              help="Answers (and accepted updates) a round needs "
+              "[default: a majority].")  # fmt: skip
+@click.option("--secure", is_flag=True,
+              help="Secure aggregation (fedavg): the coordinator sees only the sum of "
+              "updates.")  # fmt: skip
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True, help="Simulation: chance a client's answer is lost.")  # fmt: skip
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
+              help="Save the accuracy curves as a PNG.")  # fmt: skip
 @registry_option
 @verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -316,10 +333,15 @@ def federated(
     ctx: click.Context, dataset: str, clients: int, partition: str, rounds: int, strategy: str,
     strategy_args: tuple[str, ...], model: str, seed: int, epochs: int, lr: float,
     byzantine: int, attack: str, dp_epsilon: float | None, dp_delta: float, dp_clip: float,
-    target: str | None, verbose: bool, as_json: bool,
+    node_clients: tuple[str, ...], round_timeout: float, min_clients: int | None, secure: bool,
+    dropout: float, plot: Path | None, target: str | None, verbose: bool, as_json: bool,
 ) -> None:  # fmt: skip
-    """Federated training in simulation: the dataset's clients train locally, only updates
-    travel (as artifacts), the strategy aggregates; a history of accuracy per round."""
+    """Federated training: clients train where their data is, only updates travel (as
+    artifacts), the strategy aggregates; a history of accuracy per round.
+
+    In simulation (the default) the clients are --clients partitions of the dataset; on a
+    cluster home (cidflow cluster up) each --client NODE[=DATASET] is a node agent training on
+    its own, usually private, data. --dataset's test split gives the centralised accuracy."""
     from flows.federated.partition import parse_partition
     from flows.federated.strategies import STRATEGIES
 
@@ -334,25 +356,80 @@ def federated(
         from flows.federated.flow import attack_factor
 
         attack_factor(attack)
+    if secure and (strategy != "fedavg" or dp_epsilon is not None):
+        raise click.BadParameter("--secure is offered with --strategy fedavg (without DP) only")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise click.BadParameter(f"--plot {plot}: the file name must end in .png")
+    nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)
     cid, _ = _resolve(ctx, dataset, target)
     _flow_env(ctx, verbose)
+    cluster = _cluster(ctx) if nodes else None
+    if cluster is not None:  # the coordinator's flow runs on the cluster's Prefect server
+        import os
+
+        os.environ["PREFECT_API_URL"] = str(cluster["prefect_api"])
     from flows.federated.flow import federated_train
 
     result: dict[str, Any] = federated_train(
         dataset=cid, clients=clients, partition=partition, rounds=rounds, strategy=strategy,
         model=model, seed=seed, epochs=epochs, lr=lr,
         strategy_args=_kwargs(strategy_args) or None, byzantine=byzantine, attack=attack,
-        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip,
+        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, nodes=nodes,
+        api_url=cluster["prefect_api"] if cluster else None, round_timeout=round_timeout,
+        min_clients=min_clients, secure=secure, dropout=dropout,
     )  # fmt: skip
+    if plot is not None:
+        from flows.federated.report import plot_history
+
+        result["plot"] = str(plot_history(result["history"], plot, f"{strategy}, {model}"))
     if as_json:
         _emit_json(result)
         return
+    _print_history(result)
+
+
+def _federated_nodes(
+    ctx: click.Context, node_clients: tuple[str, ...], byzantine: int, dropout: float
+) -> list[list[str]] | None:
+    """``--client`` values as ``[node, dataset]`` pairs, checked against the cluster."""
+    if not node_clients:
+        return None
+    cluster = _cluster(ctx)
+    if cluster is None:
+        raise click.UsageError("--client needs a home on a cluster (cidflow cluster up)")
+    if byzantine or dropout:
+        raise click.UsageError("--byzantine and --dropout are simulation settings")
+    known = [n["name"] for n in cluster["storage"]["nodes"]]
+    pairs = []
+    for text in node_clients:  # NODE alone means NODE=private:federated
+        node, sep, data = text.partition("=")
+        if not node or (sep and not data):
+            raise click.BadParameter(f"--client {text!r} is not NODE or NODE=DATASET")
+        pairs.append((node, data if sep else "private:federated"))
+    for node, _ in pairs:
+        if node not in known:
+            names = ", ".join(known)
+            raise click.BadParameter(f"no node {node!r} in this cluster (nodes: {names})")
+    if len({n for n, _ in pairs}) != len(pairs):
+        raise click.BadParameter("each node can be one client only")
+    return [[n, d] for n, d in pairs]
+
+
+def _print_history(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("round", "accuracy", "loss", "rejected updates")
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    table = Table("round", "accuracy", "federated", "worst client", "loss", "clients",
+                  "rejected", title="federated training")  # fmt: skip
     for row in result["history"]:
-        table.add_row(str(row["round"]), f"{row['accuracy']:.4f}", f"{row['loss']:.4f}",
-                      str(row["rejected"]))  # fmt: skip
+        own = list((row.get("client_accuracy") or {}).values())
+        table.add_row(str(row["round"]), pct(row["accuracy"]), pct(row.get("federated_accuracy")),
+                      pct(min(own) if own else None), f"{row['loss']:.4f}",
+                      str(row.get("clients", "")), str(row["rejected"]))  # fmt: skip
     Console().print(table)
     click.echo(f"model: {result['model']}  final accuracy {result['accuracy']:.4f}")
+    if result.get("plot"):
+        click.echo(f"plot: {result['plot']}")

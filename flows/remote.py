@@ -16,8 +16,12 @@ never served or replicated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +42,11 @@ __all__ = [
     "node_flows",
     "resolve_dataset",
     "run_on_node",
+    "run_result",
     "save_private",
+    "start_on_node",
     "train_on_node",
+    "wait_for_runs",
 ]
 
 PRIVATE_FILE = "private.json"
@@ -160,10 +167,92 @@ def infer_on_node(
 
 def node_flows() -> dict[str, Any]:
     """The node-side flows, by the name their deployments carry (``FLOW/NODE``)."""
-    return {"train": train_on_node, "evaluate": evaluate_on_node, "infer": infer_on_node}
+    from flows.federated.remote import fed_client_on_node
+
+    return {"train": train_on_node, "evaluate": evaluate_on_node, "infer": infer_on_node,
+            "fed-client": fed_client_on_node}  # fmt: skip
 
 
 # -- coordinator side ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _api(api_url: str | None) -> Iterator[None]:
+    """Prefect calls inside go to ``api_url`` (default: the configured API)."""
+    if api_url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        yield
+
+
+def start_on_node(
+    flow: str, node: str, parameters: dict[str, Any], *, api_url: str | None = None
+) -> str:
+    """Start deployment ``FLOW/NODE`` with ``parameters``; return the flow run's id at once."""
+    from prefect.deployments import run_deployment
+
+    name = f"{flow}/{node}"
+    try:
+        with _api(api_url):
+            run: Any = run_deployment(name, parameters=parameters, timeout=0, as_subflow=False)
+    except Exception as exc:  # Prefect raises its own types: ObjectNotFound, httpx errors...
+        raise RemoteRunError(f"cannot run {name}: {type(exc).__name__}: {one_line(exc)}") from None
+    return str(run.id)
+
+
+def wait_for_runs(
+    run_ids: Sequence[str],
+    timeout: float,
+    *,
+    poll_interval: float = 0.5,
+    api_url: str | None = None,
+) -> dict[str, Any]:
+    """Wait up to ``timeout`` s for the flow runs to reach a final state; return run id →
+    final state for those that did (a run still going is left out)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    final: dict[str, Any] = {}
+    with _api(api_url), get_client(sync_client=True) as client:
+        while True:
+            waiting = [uuid.UUID(i) for i in run_ids if i not in final]
+            if waiting:
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=waiting))
+                )
+                final.update({str(r.id): r.state for r in runs if r.state and r.state.is_final()})
+            if len(final) == len(run_ids) or time.monotonic() >= deadline:
+                return final
+            time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
+
+
+def run_result(
+    run_id: str, state: Any, where: str, *, api_url: str | None = None
+) -> dict[str, Any]:
+    """The JSON result of a finished flow run (its ``cidflow-result`` artifact); a run that did
+    not complete is a :class:`RemoteRunError` with its state and message."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    if not state.is_completed():
+        raise RemoteRunError(f"{where}: flow run {run_id} {state.name}: {state.message or ''}")
+    with _api(api_url), get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(run_id)])),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[RESULT_KEY])),
+        )
+    if not found:
+        raise RemoteRunError(f"{where}: flow run {run_id} reported no result")
+    return _parse_result(str(found[-1].data), where)
 
 
 def run_on_node(
@@ -176,48 +265,13 @@ def run_on_node(
     api_url: str | None = None,
 ) -> dict[str, Any]:
     """Run deployment ``FLOW/NODE`` with ``parameters`` on the Prefect API at ``api_url``
-    (default: the configured one) and return its JSON result."""
-    if api_url is None:
-        return _run_on_node(flow, node, parameters, timeout, poll_interval)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        return _run_on_node(flow, node, parameters, timeout, poll_interval)
-
-
-def _run_on_node(
-    flow: str, node: str, parameters: dict[str, Any], timeout: float, poll_interval: float
-) -> dict[str, Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterKey,
-        FlowRunFilter,
-        FlowRunFilterId,
-    )
-    from prefect.deployments import run_deployment
-
+    (default: the configured one), wait for it, and return its JSON result."""
+    run_id = start_on_node(flow, node, parameters, api_url=api_url)
+    states = wait_for_runs([run_id], timeout, poll_interval=poll_interval, api_url=api_url)
     name = f"{flow}/{node}"
-    try:
-        run: Any = run_deployment(
-            name, parameters=parameters, timeout=timeout, poll_interval=poll_interval,
-            as_subflow=False,
-        )  # fmt: skip
-    except Exception as exc:  # Prefect raises its own types: ObjectNotFound, httpx errors...
-        raise RemoteRunError(f"cannot run {name}: {type(exc).__name__}: {one_line(exc)}") from None
-    state = run.state
-    if state is None or not state.is_final():
-        raise RemoteRunError(f"{name}: flow run {run.id} did not finish within {timeout:g}s")
-    if not state.is_completed():
-        raise RemoteRunError(f"{name}: flow run {run.id} {state.name}: {state.message or ''}")
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[RESULT_KEY])),
-        )
-    if not found:
-        raise RemoteRunError(f"{name}: flow run {run.id} reported no result")
-    return _parse_result(str(found[-1].data), name)
+    if run_id not in states:
+        raise RemoteRunError(f"{name}: flow run {run_id} did not finish within {timeout:g}s")
+    return run_result(run_id, states[run_id], name, api_url=api_url)
 
 
 def _parse_result(markdown: str, where: str) -> dict[str, Any]:

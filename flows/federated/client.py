@@ -19,7 +19,7 @@ import numpy as np
 
 from flows.errors import ModelSpecError, TrainingError
 
-__all__ = ["ClientResult", "ModelSpec", "local_train"]
+__all__ = ["ClientResult", "ModelSpec", "evaluate_weights", "local_train"]
 
 Weights = dict[str, np.ndarray[Any, Any]]
 
@@ -121,3 +121,19 @@ def local_train(
         num_examples=len(y),
         metrics={k: float(v) for k, v in result.metrics[-1].items()},
     )
+
+
+def evaluate_weights(
+    spec: ModelSpec, weights: Weights, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]
+) -> dict[str, float]:
+    """Accuracy and loss of ``weights`` on the client's ``x``/``y`` (federated evaluation);
+    ``examples`` is how many it saw (0: nothing to evaluate on)."""
+    from flows.training import evaluate_model
+
+    if len(y) == 0:
+        return {"accuracy": 0.0, "loss": 0.0, "examples": 0}
+    net = spec.build()
+    load_weights(net, weights)
+    m = evaluate_model(net, np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64),
+                       n_classes=spec.n_classes)  # fmt: skip
+    return {"accuracy": float(m["accuracy"]), "loss": float(m["loss"]), "examples": int(m["n"])}

@@ -1,17 +1,33 @@
 """``federated_train``: rounds of select clients → local training → collect updates → validate
 → aggregate → evaluate, as a Prefect flow of :func:`~flows.tasks.cid_task` steps.
 
-Simulation mode (the embedded default): the clients are partitions of a dataset's training
-split (``iid`` or ``dirichlet:ALPHA``), each stored as its own artifact. Every step's inputs and
-outputs are CIDs: each round's global model, every client update and each aggregation are
-artifacts with signed receipts, so ``cidflow lineage`` traces the final model through every
-round to the data. Because each step is cached by content, a coordinator killed mid-run resumes
-where it stopped when run again, and ends with the same model CID as an uninterrupted run with
-the same seeds. A round with fewer than ``min_clients`` accepted updates fails the run cleanly:
-no partial model is produced.
+Two modes, one client step (:func:`client_round`):
 
-Not yet here (issue 6, later parts): cluster mode (node-side client flows over private
-datasets), differential privacy, secure aggregation, stragglers and federated evaluation.
+- Simulation (the embedded default): the clients are partitions of a dataset (``iid`` or
+  ``dirichlet:ALPHA``), each stored as its own artifact with a training part and a held-out
+  part that follows its label mix; every client step runs in this process.
+- Cluster (``clients=[(NODE, DATASET), ...]``): each client is a node agent training on its own
+  (usually private) dataset through the node-side ``fed-client`` flow
+  (:mod:`flows.federated.remote`); only updates travel. A node that does not answer within
+  ``round_timeout`` is left out of the round, which goes on with at least ``min_clients``
+  answers; its update, when it comes, is for a finished round and is discarded.
+
+Every step's inputs and outputs are CIDs: each round's global model, every client update and
+each aggregation are artifacts with signed receipts, so ``cidflow lineage`` traces the final
+model through every round to the data. Because each step is cached by content, a coordinator
+killed mid-run resumes where it stopped when run again, and ends with the same model CID as an
+uninterrupted run with the same seeds. A round with fewer than ``min_clients`` answers or
+accepted updates fails the run cleanly: no partial model is produced.
+
+Evaluation: the centralised accuracy of each round's model on the dataset's test split, and a
+federated one: each client evaluates the global model it receives on its held-out part (its
+test split, or its training data if it has none) before training; those figures, weighted by
+examples, are the previous round's ``federated_accuracy`` (a last evaluation-only pass covers
+the final model).
+
+Secure aggregation (``secure=True``, FedAvg): clients send pairwise-masked updates
+(:mod:`flows.federated.secagg`) and the coordinator learns only their sum; a client missing
+after masking makes the round start again without it, never a partial unmasking.
 """
 
 from __future__ import annotations
@@ -93,21 +109,75 @@ def apply_attack(attack: str, before: Weights, after: Weights) -> Weights:
     return out
 
 
+def _has_split(art: Any, split: str) -> bool:
+    arrays = art.arrays()
+    return any(f"{split}/{stem}" in arrays or f"{split}/{stem}.npy" in arrays for stem in "xy")
+
+
+def _xy(art: Any, split: str) -> tuple[Any, Any]:
+    from flows.pipelines import _supervised
+
+    x_arr, y_arr = _supervised(art, split)
+    return np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64)
+
+
+def client_secret() -> bytes:
+    """A secret only this node can compute, stable across runs: the hash of its ed25519
+    signature (deterministic) over a fixed message. Secure aggregation keys derive from it."""
+    import hashlib
+
+    signature = current_runtime().identity.sign(b"cidflow secure aggregation key v1")
+    return hashlib.sha256(signature.encode("ascii")).digest()
+
+
+def write_client_parts(
+    store: Any, dataset: str, clients: int, partition: str, seed: int, out_dir: Any
+) -> list[Any]:
+    """The dataset cut as :func:`split_clients` cuts it, written as ``client-K.npz`` files
+    (``train/x``, ``train/y``, ``test/x``, ``test/y``) in ``out_dir``: private data to hand to
+    node agents (``cidflow cluster up --private NODE:federated=FILE``) for a trial cluster."""
+    from pathlib import Path
+
+    from flows.federated.partition import follow_partition
+    from flows.federated.partition import partition as cut
+
+    art = store.open_artifact(dataset)
+    x, y = _xy(art, "train")
+    xt, yt = _xy(art, "test")
+    parts = cut(partition, y, clients, seed)
+    held = follow_partition([y[p] for p in parts], yt, seed + 1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (idx, hidx) in enumerate(zip(parts, held, strict=True)):
+        path = out / f"client-{k + 1}.npz"
+        arrays = {"train/x": x[idx], "train/y": y[idx], "test/x": xt[hidx], "test/y": yt[hidx]}
+        np.savez(path, **arrays)
+        paths.append(path)
+    return paths
+
+
 @cid_task(name="fed-split")
 def split_clients(dataset: str, clients: int, partition: str, seed: int) -> dict[str, Any]:
     """The dataset's training split cut into one artifact (``x``, ``y``) per client."""
+    from flows.federated.partition import follow_partition
     from flows.federated.partition import partition as cut
-    from flows.pipelines import _supervised
 
     store = current_runtime().store
-    x_arr, y_arr = _supervised(store.open_artifact(dataset), "train")
-    x, y = np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64)
+    art = store.open_artifact(dataset)
+    x, y = _xy(art, "train")
     parts = cut(partition, y, clients, seed)
+    held: list[Any] = [None] * clients
+    if _has_split(art, "test"):
+        xt, yt = _xy(art, "test")
+        held = [(xt[i], yt[i]) for i in follow_partition([y[p] for p in parts], yt, seed + 1)]
     out = []
     for k, idx in enumerate(parts):
         info = {"client": k, "of": clients, "dataset": dataset, "partition": partition}
-        cid = store.put_arrays({"x": x[idx], "y": y[idx]}, attrs={FED_ATTR: info},
-                               source="federated split")  # fmt: skip
+        arrays = {"train/x": x[idx], "train/y": y[idx]}
+        if held[k] is not None:
+            arrays |= {"test/x": held[k][0], "test/y": held[k][1]}
+        cid = store.put_arrays(arrays, attrs={FED_ATTR: info}, source="federated split")
         out.append(str(cid))
     return {"clients": out, "sizes": [len(p) for p in parts]}
 
@@ -140,23 +210,61 @@ def client_round(
     seed: int = 0,
     proximal_mu: float = 0.0,
     attack: str | None = None,
+    secure: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One client's local training from the global model; the update is an artifact.
-    ``attack`` makes this client Byzantine (simulation only, see :func:`apply_attack`)."""
-    from flows.federated.client import local_train
+    """One client's round: evaluate the global model on the local held-out part, then train
+    from it (``epochs=0``: evaluate only); the update is an artifact. ``attack`` makes this
+    client Byzantine (simulation only, see :func:`apply_attack`); ``secure`` (``me``,
+    ``peers``, ``context``) sends a masked update for secure aggregation."""
+    from flows.federated.client import evaluate_weights, local_train
 
     weights, spec = _weights(global_model)
-    local = current_runtime().store.open_artifact(data).to_numpy()
+    art = current_runtime().store.open_artifact(data)
+    x, y = _xy(art, "train")
+    held = _xy(art, "test") if _has_split(art, "test") else (x, y)
+    model_spec = _model_spec(spec)
+    evaluation = evaluate_weights(model_spec, weights, *held)
+    key: dict[str, str] = {}
+    if secure is not None:
+        from flows.federated.secagg import client_private_key, public_key_hex
+
+        me = client_private_key(client_secret(), str(secure["me"]))
+        key["public_key"] = public_key_hex(me)
+    if epochs == 0:
+        return {"update": None, "num_examples": len(y), "metrics": {}, "evaluation": evaluation,
+                **key}  # fmt: skip
     result = local_train(
-        _model_spec(spec), weights, local["x"], local["y"], epochs=epochs, lr=lr,
-        batch_size=batch_size, seed=seed, proximal_mu=proximal_mu,
+        model_spec, weights, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+        proximal_mu=proximal_mu,
     )  # fmt: skip
     sent = apply_attack(attack, weights, result.weights) if attack else result.weights
-    info = {"round": round, "update_of": global_model, "data": data}
+    info: dict[str, Any] = {"round": round, "update_of": global_model, "data": data}
     if attack:
         info["attack"] = attack
-    update = _put_model(sent, spec, info, "federated client")
-    return {"update": update, "num_examples": result.num_examples, "metrics": result.metrics}
+    if secure is not None and "peers" in secure:
+        update = _put_masked(weights, sent, result.num_examples, secure, info)
+    else:
+        update = _put_model(sent, spec, info, "federated client")
+    return {"update": update, "num_examples": result.num_examples, "metrics": result.metrics,
+            "evaluation": evaluation, **key}  # fmt: skip
+
+
+def _put_masked(
+    before: Weights, after: Weights, n: int, secure: dict[str, Any], info: dict[str, Any]
+) -> str:
+    """The update ``after - before``, weighted by ``n`` and masked: alone it says nothing."""
+    from flows.federated.secagg import client_private_key, mask_update
+
+    delta = {k: np.asarray(after[k], np.float64) - np.asarray(before[k], np.float64)
+             for k in after}  # fmt: skip
+    key = client_private_key(client_secret(), str(secure["me"]))
+    masked = mask_update(
+        delta, n, me=str(secure["me"]), private_key=key, peers=dict(secure["peers"]),
+        context=bytes.fromhex(secure["context"]),
+    )  # fmt: skip
+    attrs = {FED_ATTR: {**info, "masked": True, "context": secure["context"],
+                        "participants": sorted(secure["peers"])}}  # fmt: skip
+    return str(current_runtime().store.put_arrays(masked, attrs=attrs, source="federated client"))
 
 
 @cid_task(name="fed-aggregate")
@@ -169,11 +277,16 @@ def aggregate_round(
     strategy_args: dict[str, Any] | None = None,
     server_state: str | None = None,
     dp: dict[str, float] | None = None,
+    clients: list[str] | None = None,
+    secure: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Screen and aggregate the round's updates into the next global model (or a failure).
 
+    An update that is not for this round's global model (a late one, say) is rejected first.
     With ``dp`` (``clip``, ``noise_multiplier``, ``seed``; FedAvg only) the screened updates are
-    clipped and averaged with Gaussian noise (:func:`~flows.federated.privacy.private_mean`)."""
+    clipped and averaged with Gaussian noise (:func:`~flows.federated.privacy.private_mean`);
+    with ``secure`` (``participants``, ``context``) the masked updates are summed and only the
+    sum is unmasked (:func:`~flows.federated.secagg.unmask_sum`)."""
     from flows.federated.strategies import STRATEGIES, FedOpt, ServerOptState
 
     if strategy not in STRATEGIES:
@@ -189,14 +302,25 @@ def aggregate_round(
                                        {n: arrays[f"v/{n}"] for n in names})  # fmt: skip
     chosen = cls(**args)
     weights, spec = _weights(global_model)
-    results = [(f"client-{k}", _weights(u)[0], n) for k, (u, n) in
-               enumerate(zip(updates, counts, strict=True))]  # fmt: skip
-    if dp is not None:
+    labels = clients or [f"client-{k}" for k in range(len(updates))]
+    fresh, stale = [], []
+    for label, u, n in zip(labels, updates, counts, strict=True):
+        info = store.open_artifact(u).attrs.get(FED_ATTR) or {}
+        if info.get("round") == round and info.get("update_of") == global_model:
+            fresh.append((label, u, n))
+        else:
+            stale.append((label, f"an update for round {info.get('round')}, not this round's "
+                                 f"model (round {round})"))  # fmt: skip
+    if secure is not None:
+        outcome = _secure_round(chosen, weights, fresh, secure)
+    elif dp is not None:
+        results = [(label, _weights(u)[0], n) for label, u, n in fresh]
         outcome = _private_round(chosen, weights, results, dp, round)
     else:
-        outcome = chosen.aggregate(round, weights, results)
+        outcome = chosen.aggregate(round, weights, [(label, _weights(u)[0], n)
+                                                    for label, u, n in fresh])  # fmt: skip
     answer: dict[str, Any] = {
-        "rejected": [list(r) for r in outcome.rejected],
+        "rejected": [list(r) for r in [*stale, *outcome.rejected]],
         "metrics": dict(outcome.metrics),
         "failure": outcome.failure,
     }
@@ -210,6 +334,36 @@ def aggregate_round(
         arrays = {f"m/{n}": a for n, a in st.m.items()} | {f"v/{n}": a for n, a in st.v.items()}
         answer["server_state"] = str(store.put_arrays(arrays, attrs={"step": st.step}))
     return answer
+
+
+def _secure_round(
+    chosen: Any, weights: Weights, fresh: list[tuple[str, str, int]], secure: dict[str, Any]
+) -> Any:
+    """FedAvg over masked updates: sum them (the masks cancel), unmask only the sum."""
+    from flows.federated.aggregate import cast_like
+    from flows.federated.secagg import SecAggError, unmask_sum
+    from flows.federated.strategies import AggregateResult, FedAvg
+
+    if not isinstance(chosen, FedAvg):
+        raise AggregationError("secure aggregation is offered with fedavg only")
+    store = current_runtime().store
+    metrics: dict[str, float | int | str] = {"received": len(fresh), "accepted": len(fresh)}
+    masked = {}
+    for label, u, _ in fresh:
+        art = store.open_artifact(u)
+        if (art.attrs.get(FED_ATTR) or {}).get("context") != secure["context"]:
+            return AggregateResult(None, [], metrics, failure=f"{label}: masked for another round")
+        masked[label] = art.to_numpy()
+    if len(masked) < chosen.min_clients:
+        return AggregateResult(None, [], metrics, failure="too few updates to unmask")
+    try:
+        sums, total = unmask_sum(masked, list(secure["participants"]))
+    except SecAggError as exc:
+        return AggregateResult(None, [], metrics, failure=str(exc))
+    if total <= 0:
+        return AggregateResult(None, [], metrics, failure="no examples in the sum")
+    new = {k: np.asarray(weights[k], np.float64) + sums[k] / total for k in weights}
+    return AggregateResult(cast_like(weights, new), [], metrics)
 
 
 def _private_round(
@@ -233,6 +387,52 @@ def _private_round(
     return AggregateResult(cast_like(weights, mean), rejected, metrics)
 
 
+class LocalClients:
+    """Simulation: every client step runs here, on the client's partition. ``dropout`` is the
+    chance (seeded) that a client's answer is lost in a round, to exercise unreliable clients."""
+
+    def __init__(self, data: dict[str, str], dropout: float, seed: int) -> None:
+        from flows.federated.remote import ClientAnswers
+
+        self.data, self.dropout, self.calls = data, dropout, 0
+        self.rng = np.random.default_rng([seed, 7_919])
+        self._answers = ClientAnswers
+
+    def run_round(self, rnd: int, global_model: str, params: dict[str, dict[str, Any]]) -> Any:
+        out = self._answers()
+        self.calls += 1
+        for label, extra in params.items():
+            answer = client_round(global_model=global_model, data=self.data[label], round=rnd,
+                                  **extra)  # fmt: skip
+            if self.dropout and extra.get("epochs", 1) and self.rng.random() < self.dropout:
+                out.missing.append((label, "dropped out (simulated)"))
+                continue
+            out.answers[label] = answer
+        return out
+
+
+def _context(global_model: str, rnd: int, attempt: int) -> str:
+    import hashlib
+
+    text = f"cidflow secagg|{global_model}|{rnd}|{attempt}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _federated_evaluation(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The clients' evaluations of one global model: the example-weighted accuracy (in
+    simulation the held-out parts together are the test split, so it equals the centralised
+    figure) and each client's own, which shows how evenly the model serves non-IID clients."""
+    evals = {c: a["evaluation"] for c, a in answers.items() if a.get("evaluation")}
+    total = sum(int(e["examples"]) for e in evals.values())
+    weighted = (
+        sum(float(e["accuracy"]) * int(e["examples"]) for e in evals.values()) / total
+        if total
+        else None
+    )
+    per_client = {c: float(e["accuracy"]) for c, e in evals.items() if int(e["examples"])}
+    return {"federated_accuracy": weighted, "client_accuracy": per_client}
+
+
 def federated_train_fn(
     dataset: str,
     clients: int = 5,
@@ -251,20 +451,42 @@ def federated_train_fn(
     dp_epsilon: float | None = None,
     dp_delta: float = 1e-5,
     dp_clip: float = 1.0,
+    nodes: list[list[str]] | None = None,
+    api_url: str | None = None,
+    round_timeout: float = 600.0,
+    min_clients: int | None = None,
+    secure: bool = False,
+    dropout: float = 0.0,
 ) -> dict[str, Any]:
     """The rounds (see the module docstring); returns the final model, history, accuracy.
-    ``byzantine`` > 0 makes the first that many clients send ``attack`` (robustness tests)."""
+
+    ``nodes`` (``[NODE, DATASET]`` pairs) selects cluster mode, with ``api_url`` the cluster's
+    Prefect API; ``clients``/``partition``/``byzantine``/``dropout`` are simulation settings.
+    ``byzantine`` > 0 makes the first that many clients send ``attack`` (robustness tests).
+    ``min_clients`` (default: a majority of the clients) answers, and accepted updates, are
+    needed for a round to count."""
     from prefect.logging import get_run_logger
 
+    from flows.federated.remote import NodeClients
     from flows.federated.strategies import STRATEGIES
     from flows.pipelines import evaluate
 
     if strategy not in STRATEGIES:
         raise AggregationError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
-    if rounds < 1 or clients < 1:
+    n_clients = len(nodes) if nodes else clients
+    if rounds < 1 or n_clients < 1:
         raise FlowError("rounds and clients must be at least 1")
-    if not 0 <= byzantine <= clients:
-        raise FlowError(f"byzantine must be between 0 and the {clients} clients")
+    need = min_clients if min_clients is not None else max(1, (n_clients + 1) // 2)
+    if not 1 <= need <= n_clients:
+        raise FlowError(f"min_clients must be between 1 and the {n_clients} clients, got {need}")
+    if not 0 <= byzantine <= n_clients or (nodes and byzantine):
+        raise FlowError(f"byzantine must be between 0 and the {n_clients} simulated clients")
+    if not 0.0 <= dropout < 1.0 or (nodes and dropout):
+        raise FlowError("dropout is a simulated chance in [0, 1)")
+    if secure and (strategy != "fedavg" or dp_epsilon is not None):
+        raise AggregationError("secure aggregation is offered with fedavg (without DP) only")
+    if round_timeout <= 0:
+        raise FlowError("round_timeout must be positive")
     if byzantine:
         attack_factor(attack)  # a bad attack spec fails before any round
     log = get_run_logger()
@@ -279,42 +501,89 @@ def federated_train_fn(
             "%.4f, clip %g", dp_epsilon, dp_delta, rounds, sigma, dp_clip,
         )  # fmt: skip
     args = dict(strategy_args or {})
+    args.setdefault("min_clients", need)
     if strategy == "fedprox":
         args.setdefault("proximal_mu", 0.01)
     mu = float(args.get("proximal_mu", 0.0)) if strategy == "fedprox" else 0.0
-    parts = split_clients(dataset=dataset, clients=clients, partition=partition, seed=seed)
+    runner: Any
+    if nodes:
+        pairs = [(str(n), str(d)) for n, d in nodes]
+        labels = [n for n, _ in pairs]
+        runner = NodeClients(pairs, api_url, round_timeout)
+        client_data: list[str] = [d for _, d in pairs]
+    else:
+        parts = split_clients(dataset=dataset, clients=clients, partition=partition, seed=seed)
+        labels = [f"client-{k}" for k in range(clients)]
+        client_data = list(parts["clients"])
+        runner = LocalClients(dict(zip(labels, client_data, strict=True)), dropout, seed)
     current = init_model(dataset=dataset, model=model, seed=seed, model_kwargs=model_kwargs)
     global_model, state = str(current["model"]), None
+    keys: dict[str, str] = {}
+    if secure:  # each client's public key (an evaluation-only call that also returns it)
+        got = runner.run_round(0, global_model, {c: {"epochs": 0, "secure": {"me": c}}
+                                                 for c in labels})  # fmt: skip
+        keys = {c: str(a["public_key"]) for c, a in got.answers.items()}
     history: list[dict[str, Any]] = []
     for rnd in range(1, rounds + 1):
-        ups = [
-            client_round(
-                global_model=global_model,
-                data=data,
-                round=rnd,
-                epochs=epochs,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed * 100_003 + rnd * 1_009 + k,
-                proximal_mu=mu,
-                attack=attack if k < byzantine else None,
-            )
-            for k, data in enumerate(parts["clients"])
-        ]
+        participants = [c for c in labels if not secure or c in keys]
+        for attempt in range(n_clients):
+            context = _context(global_model, rnd, attempt)
+            params = {}
+            for c in participants:
+                k = labels.index(c)
+                extra: dict[str, Any] = {
+                    "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                    "seed": seed * 100_003 + rnd * 1_009 + k, "proximal_mu": mu,
+                }  # fmt: skip
+                if k < byzantine:
+                    extra["attack"] = attack
+                if secure:
+                    extra["secure"] = {"me": c, "context": context,
+                                       "peers": {p: keys[p] for p in participants}}  # fmt: skip
+                params[c] = extra
+            got = runner.run_round(rnd, global_model, params)
+            for late in got.late:
+                log.warning("round %d: late update from %s for round %d discarded", rnd,
+                            late["client"], late["round"])  # fmt: skip
+            for c, why in got.missing:
+                log.warning("round %d: %s missing: %s", rnd, c, why)
+            if len(got.answers) < need:
+                missing = "; ".join(f"{c}: {why}" for c, why in got.missing)
+                raise AggregationError(
+                    f"round {rnd} failed: {len(got.answers)} of {len(participants)} clients "
+                    f"answered, min_clients is {need} ({missing}); no model published"
+                )
+            if not secure or not got.missing:
+                break
+            # Masks pair every participant with every other: a missing one would leave its
+            # masks in the sum. Start the round again without it, never unmask a partial sum.
+            participants = [c for c in participants if c in got.answers]
+            log.warning("round %d: secure aggregation restarts without %s", rnd,
+                        ", ".join(c for c, _ in got.missing))  # fmt: skip
+        answered = [c for c in participants if c in got.answers]
+        if history:
+            history[-1].update(_federated_evaluation(got.answers))
         agg = aggregate_round(
-            global_model=global_model, updates=[u["update"] for u in ups],
-            counts=[int(u["num_examples"]) for u in ups], round=rnd, strategy=strategy,
-            strategy_args=args, server_state=state, dp=dp,
+            global_model=global_model, updates=[got.answers[c]["update"] for c in answered],
+            counts=[int(got.answers[c]["num_examples"]) for c in answered], round=rnd,
+            strategy=strategy, strategy_args=args, server_state=state, dp=dp, clients=answered,
+            secure={"participants": answered, "context": context} if secure else None,
         )  # fmt: skip
         if agg["model"] is None:
             raise AggregationError(f"round {rnd} failed: {agg['failure']} (no model published)")
         global_model, state = agg["model"], agg["server_state"]
         metrics = evaluate(model=global_model, dataset=dataset)["metrics"]
-        row = {"round": rnd, "accuracy": float(metrics["accuracy"]),
-               "loss": float(metrics["loss"]), "rejected": len(agg["rejected"])}  # fmt: skip
+        row: dict[str, Any] = {"round": rnd, "accuracy": float(metrics["accuracy"]),
+               "loss": float(metrics["loss"]), "rejected": len(agg["rejected"]),
+               "clients": len(answered), "federated_accuracy": None, "client_accuracy": {},
+               "missing": [list(m) for m in got.missing],
+               "late": [{k: v for k, v in late.items() if k != "state"} for late in got.late],
+               }  # fmt: skip
         history.append(row)
-        log.info("round %d/%d  accuracy=%.4f  loss=%.4f  rejected=%d", rnd, rounds,
-                 row["accuracy"], row["loss"], row["rejected"])  # fmt: skip
+        log.info("round %d/%d  accuracy=%.4f  loss=%.4f  clients=%d  rejected=%d", rnd, rounds,
+                 row["accuracy"], row["loss"], row["clients"], row["rejected"])  # fmt: skip
+    final = runner.run_round(rounds + 1, global_model, {c: {"epochs": 0} for c in labels})
+    history[-1].update(_federated_evaluation(final.answers))
     privacy = None
     if dp is not None:
         from flows.federated.privacy import epsilon
@@ -322,7 +591,8 @@ def federated_train_fn(
         spent = epsilon(dp["noise_multiplier"], rounds, dp_delta)
         privacy = {"epsilon": spent, "delta": dp_delta, **dp}
     return {"model": global_model, "history": history, "accuracy": history[-1]["accuracy"],
-            "clients": parts["clients"], "strategy": strategy, "privacy": privacy}  # fmt: skip
+            "clients": client_data, "strategy": strategy, "privacy": privacy,
+            "federated_accuracy": history[-1]["federated_accuracy"], "secure": secure}  # fmt: skip
 
 
 federated_train = flow(name="federated-train", log_prints=False)(federated_train_fn)

@@ -18,7 +18,14 @@ import numpy as np
 
 from flows.errors import DatasetError
 
-__all__ = ["Partition", "dirichlet_partition", "iid_partition", "parse_partition", "partition"]
+__all__ = [
+    "Partition",
+    "dirichlet_partition",
+    "follow_partition",
+    "iid_partition",
+    "parse_partition",
+    "partition",
+]
 
 Array = np.ndarray[Any, Any]
 
@@ -97,6 +104,27 @@ def partition(spec: str | Partition, y: Array, clients: int, seed: int) -> list[
         return iid_partition(len(y), clients, seed)
     assert part.alpha is not None
     return dirichlet_partition(y, clients, part.alpha, seed)
+
+
+def follow_partition(train_labels: list[Array], y: Array, seed: int) -> list[Array]:
+    """Indices of ``y`` (a test split) per client, following the clients' training labels:
+    each class's examples go to the clients in proportion to how many of that class each one
+    trains on, so every client's held-out part looks like its training part (what federated
+    evaluation on non-IID clients needs). A class no client trains on is spread evenly."""
+    labels = np.asarray(y)
+    clients = len(train_labels)
+    if clients < 1:
+        raise DatasetError("no clients to follow")
+    rng = np.random.default_rng(seed)
+    parts: list[list[Array]] = [[] for _ in range(clients)]
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        counts = np.array([np.count_nonzero(t == c) for t in train_labels], dtype=np.float64)
+        shares = counts / counts.sum() if counts.sum() > 0 else np.full(clients, 1.0 / clients)
+        cuts = np.rint(np.cumsum(shares)[:-1] * len(members)).astype(np.int64)
+        for k, piece in enumerate(np.split(members, cuts)):
+            parts[k].append(piece)
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
 
 
 def _check(n: int, clients: int, min_size: int) -> None:

@@ -72,7 +72,7 @@ def test_federated_contract_lineage_rerun_and_resume(tmp_path: Path) -> None:
     assert dataset in text
     # The same run again: every step served from the cache, the same model.
     assert _ok(home, *RUN)["model"] == out["model"]
-    assert _tasks(home, "fed-client") == 9  # 3 rounds x 3 clients, executed once
+    assert _tasks(home, "fed-client") == 9  # 3 rounds x 3 clients (with outputs), executed once
 
     # A coordinator killed after its first round resumes to the same model CID.
     other, _ = _home(tmp_path, "b")

@@ -1,0 +1,147 @@
+"""Federated clients on node agents (cluster mode).
+
+Node side: :func:`fed_client_on_node` is served by every node agent as deployment
+``fed-client/NODE``. It runs the very same :func:`~flows.federated.flow.client_round` step as
+simulation mode, on the node's private dataset (``private:NAME``, resolved there): the data
+never leaves the node, only the update artifact (and its receipt) goes to the cluster.
+
+Coordinator side: :class:`NodeClients` starts one ``fed-client`` run per node for a round,
+waits up to the round's timeout, and trusts nothing in the answers: each receipt is fetched and
+verified (hash, signature, signer = the answering node, the update among its outputs), and the
+update must be for this round's global model. A node that does not answer in time is left out
+of the round (the round goes on if at least ``min_clients`` answered) and is not sent new work
+while its old run is still going; when that run finishes later, its update is for a finished
+round and is discarded, recorded in the round's ``late`` list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow
+
+from flows.errors import FlowError, one_line
+from flows.federated.flow import client_round
+from flows.remote import (
+    RemoteRunError,
+    _finish,
+    _log_note,
+    resolve_dataset,
+    run_result,
+    start_on_node,
+    wait_for_runs,
+)
+from flows.tasks import current_runtime
+
+__all__ = ["ClientAnswers", "NodeClients", "fed_client_on_node"]
+
+
+@flow(name="fed-client", log_prints=False)
+def fed_client_on_node(
+    global_model: str,
+    dataset: str,
+    round: int,
+    epochs: int = 1,
+    lr: float = 5e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    proximal_mu: float = 0.0,
+    secure: dict[str, Any] | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """One federated round on this node: train from ``global_model`` on ``dataset`` (usually
+    ``private:NAME``); only the update travels."""
+    _log_note(note)
+    return _finish(client_round(
+        global_model=global_model, data=resolve_dataset(dataset), round=round, epochs=epochs,
+        lr=lr, batch_size=batch_size, seed=seed, proximal_mu=proximal_mu, secure=secure,
+        return_state=True,
+    ))  # fmt: skip
+
+
+@dataclass
+class ClientAnswers:
+    """What a round got back: answers (client label → the node's verified result), who was
+    missing and why, and late updates for earlier rounds (discarded)."""
+
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    missing: list[tuple[str, str]] = field(default_factory=list)
+    late: list[dict[str, Any]] = field(default_factory=list)
+
+
+class NodeClients:
+    """The coordinator's handle on ``fed-client`` runs on cluster nodes (see module doc)."""
+
+    def __init__(self, clients: list[tuple[str, str]], api_url: str | None, timeout: float) -> None:
+        labels = [node for node, _ in clients]
+        if len(set(labels)) != len(labels):
+            raise FlowError("each node can be one client only")
+        self.clients = dict(clients)
+        self.api_url = api_url
+        self.timeout = timeout
+        self.pending: dict[str, tuple[str, int]] = {}  # node → (flow run id, round)
+
+    def run_round(
+        self, rnd: int, global_model: str, params: dict[str, dict[str, Any]]
+    ) -> ClientAnswers:
+        """Run the round on every client in ``params`` (label → its parameters)."""
+        out = ClientAnswers()
+        self._collect_late(out)
+        started: dict[str, str] = {}
+        for node, extra in params.items():
+            if node in self.pending:
+                out.missing.append((node, f"still busy with round {self.pending[node][1]}"))
+                continue
+            try:
+                started[node] = start_on_node(
+                    "fed-client", node, {"global_model": global_model,
+                                         "dataset": self.clients[node], "round": rnd, **extra},
+                    api_url=self.api_url,
+                )  # fmt: skip
+            except RemoteRunError as exc:
+                out.missing.append((node, str(exc)))
+        states = wait_for_runs(list(started.values()), self.timeout, api_url=self.api_url)
+        for node, run_id in started.items():
+            if run_id not in states:
+                self.pending[node] = (run_id, rnd)
+                out.missing.append((node, f"no answer within {self.timeout:g}s"))
+                continue
+            try:
+                result = self._verified(node, run_id, states[run_id])
+            except FlowError as exc:
+                out.missing.append((node, one_line(exc)))
+                continue
+            out.answers[node] = result
+        return out
+
+    def _collect_late(self, out: ClientAnswers) -> None:
+        if not self.pending:
+            return
+        runs = {run_id: node for node, (run_id, _) in self.pending.items()}
+        states = wait_for_runs(list(runs), 0.0, api_url=self.api_url)
+        for run_id, state in states.items():
+            node = runs[run_id]
+            _, old = self.pending.pop(node)
+            late: dict[str, Any] = {"client": node, "round": old, "state": state.name}
+            if state.is_completed():
+                try:
+                    late["update"] = self._verified(node, run_id, state)["update"]
+                except FlowError as exc:
+                    late["error"] = one_line(exc)
+            out.late.append(late)
+
+    def _verified(self, node: str, run_id: str, state: Any) -> dict[str, Any]:
+        from flows.receipts import load_receipt
+
+        where = f"fed-client/{node}"
+        result = run_result(run_id, state, where, api_url=self.api_url)
+        update, receipt_cid = result.get("update"), result.get("receipt")
+        if not isinstance(receipt_cid, str) or not isinstance(update, str | None):
+            raise RemoteRunError(f"{where} answered without a receipt")
+        receipt = load_receipt(current_runtime().store, receipt_cid)
+        if receipt.body["node"] != result.get("node_id"):
+            raise RemoteRunError(f"{where}: the receipt is signed by another node")
+        if update is not None and update not in set(receipt.body["outputs"]):
+            raise RemoteRunError(f"{where}: update {update} is not an output of its receipt")
+        return result
