@@ -139,9 +139,11 @@ class NodeClients:
         update, receipt_cid = result.get("update"), result.get("receipt")
         if not isinstance(receipt_cid, str) or not isinstance(update, str | None):
             raise RemoteRunError(f"{where} answered without a receipt")
-        receipt = load_receipt(current_runtime().store, receipt_cid)
+        store = current_runtime().store
+        receipt = load_receipt(store, receipt_cid)
         if receipt.body["node"] != result.get("node_id"):
             raise RemoteRunError(f"{where}: the receipt is signed by another node")
         if update is not None and update not in set(receipt.body["outputs"]):
             raise RemoteRunError(f"{where}: update {update} is not an output of its receipt")
+        store.put_record(store.get_record(receipt_cid))  # recorded here: lineage from this home
         return result

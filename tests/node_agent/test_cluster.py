@@ -18,29 +18,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers import cli, ok, one_error
 
 from artifacts.cluster import open_store
 
 pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
-
-
-def cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CIDFLOW_"))}
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    cmd = [sys.executable, "-m", "cidflow", "--home", str(home), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> Any:
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def one_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert fragment in lines[0], lines[0]
 
 
 def copies(cluster: dict[str, Any], cid: str) -> list[str]:
