@@ -37,8 +37,10 @@ from typing import Any
 import numpy as np
 from prefect import flow
 
+from artifacts.errors import ArtifactError, InvalidCIDError
 from flows.cache import MODEL_CODE_MODULES
-from flows.errors import AggregationError, FlowError
+from flows.errors import AggregationError, FlowError, one_line
+from flows.federated.client import state_to_weights
 from flows.tasks import cid_task, current_runtime
 
 __all__ = ["aggregate_round", "client_round", "federated_train", "init_model", "split_clients"]
@@ -303,25 +305,35 @@ def aggregate_round(
     chosen = cls(**args)
     weights, spec = _weights(global_model)
     labels = clients or [f"client-{k}" for k in range(len(updates))]
-    fresh, stale = [], []
+    fresh, stale, loaded = [], [], {}
     for label, u, n in zip(labels, updates, counts, strict=True):
-        info = store.open_artifact(u).attrs.get(FED_ATTR) or {}
-        if info.get("round") == round and info.get("update_of") == global_model:
-            fresh.append((label, u, n))
+        try:  # a client's answer is untrusted: anything unreadable is a rejection, not a crash
+            art = store.open_artifact(u)
+            info = art.attrs.get(FED_ATTR) or {}
+            if secure is None:
+                if art.kind != "state_dict":
+                    raise FlowError(f"update {u} is a {art.kind!r} artifact, not a model")
+                loaded[u] = state_to_weights(art.to_state_dict())
+        except (ArtifactError, InvalidCIDError, FlowError) as exc:
+            stale.append((label, one_line(exc)))
+            continue
+        if info.get("round") != round:
+            stale.append((label, f"an update for round {info.get('round')}, not round {round}"))
+        elif info.get("update_of") != global_model:
+            stale.append((label, f"trained from {info.get('update_of')}, not this round's model"))
         else:
-            stale.append((label, f"an update for round {info.get('round')}, not this round's "
-                                 f"model (round {round})"))  # fmt: skip
+            fresh.append((label, u, n))
     if secure is not None:
         outcome = _secure_round(chosen, weights, fresh, secure)
     elif dp is not None:
-        results = [(label, _weights(u)[0], n) for label, u, n in fresh]
+        results = [(label, loaded[u], n) for label, u, n in fresh]
         outcome = _private_round(chosen, weights, results, dp, round)
     else:
-        outcome = chosen.aggregate(round, weights, [(label, _weights(u)[0], n)
+        outcome = chosen.aggregate(round, weights, [(label, loaded[u], n)
                                                     for label, u, n in fresh])  # fmt: skip
     answer: dict[str, Any] = {
         "rejected": [list(r) for r in [*stale, *outcome.rejected]],
-        "metrics": dict(outcome.metrics),
+        "metrics": {**outcome.metrics, "received": len(updates)},
         "failure": outcome.failure,
     }
     if outcome.weights is None:
@@ -526,6 +538,8 @@ def federated_train_fn(
     history: list[dict[str, Any]] = []
     for rnd in range(1, rounds + 1):
         participants = [c for c in labels if not secure or c in keys]
+        dropped: list[tuple[str, str]] = []
+        late_seen: list[dict[str, Any]] = []
         for attempt in range(n_clients):
             context = _context(global_model, rnd, attempt)
             params = {}
@@ -542,6 +556,8 @@ def federated_train_fn(
                                        "peers": {p: keys[p] for p in participants}}  # fmt: skip
                 params[c] = extra
             got = runner.run_round(rnd, global_model, params)
+            dropped += got.missing
+            late_seen += got.late
             for late in got.late:
                 log.warning("round %d: late update from %s for round %d discarded", rnd,
                             late["client"], late["round"])  # fmt: skip
@@ -576,8 +592,8 @@ def federated_train_fn(
         row: dict[str, Any] = {"round": rnd, "accuracy": float(metrics["accuracy"]),
                "loss": float(metrics["loss"]), "rejected": len(agg["rejected"]),
                "clients": len(answered), "federated_accuracy": None, "client_accuracy": {},
-               "missing": [list(m) for m in got.missing],
-               "late": [{k: v for k, v in late.items() if k != "state"} for late in got.late],
+               "missing": [list(m) for m in dropped],
+               "late": [{k: v for k, v in late.items() if k != "state"} for late in late_seen],
                }  # fmt: skip
         history.append(row)
         log.info("round %d/%d  accuracy=%.4f  loss=%.4f  clients=%d  rejected=%d", rnd, rounds,
