@@ -304,11 +304,17 @@ def infer(
 @click.option("--attack", default="scale:1000", show_default=True,
               help="What Byzantine clients send: scale:K or signflip.")  # fmt: skip
 @click.option("--dp-epsilon", type=click.FloatRange(min=0, min_open=True),
-              help="Differential privacy (fedavg): the total epsilon to spend.")  # fmt: skip
+              help="Differential privacy: the epsilon to spend (see --dp-level).")  # fmt: skip
 @click.option("--dp-delta", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=1e-5, show_default=True)  # fmt: skip
 @click.option("--dp-clip", type=click.FloatRange(min=0, min_open=True), default=1.0,
-              show_default=True, help="L2 bound on each client's update.")  # fmt: skip
+              show_default=True,
+              help="L2 bound on each client's update (client level) or each example's "
+              "gradient (example level).")  # fmt: skip
+@click.option("--dp-level", type=click.Choice(["client", "example"]), default="client",
+              show_default=True,
+              help="client: noise on the sum of updates, protects whole clients (fedavg); "
+              "example: DP-SGD on every client, protects each example (any strategy).")  # fmt: skip
 @click.option("--client", "node_clients", multiple=True, metavar="NODE[=DATASET]",
               help="Cluster mode: a node agent as a client, training on DATASET there "
               "(default private:federated). Repeat for each node; replaces --clients/"
@@ -333,8 +339,9 @@ def federated(
     ctx: click.Context, dataset: str, clients: int, partition: str, rounds: int, strategy: str,
     strategy_args: tuple[str, ...], model: str, seed: int, epochs: int, lr: float,
     byzantine: int, attack: str, dp_epsilon: float | None, dp_delta: float, dp_clip: float,
-    node_clients: tuple[str, ...], round_timeout: float, min_clients: int | None, secure: bool,
-    dropout: float, plot: Path | None, target: str | None, verbose: bool, as_json: bool,
+    dp_level: str, node_clients: tuple[str, ...], round_timeout: float,
+    min_clients: int | None, secure: bool, dropout: float, plot: Path | None,
+    target: str | None, verbose: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Federated training: clients train where their data is, only updates travel (as
     artifacts), the strategy aggregates; a history of accuracy per round.
@@ -348,16 +355,22 @@ def federated(
     parse_partition(partition)  # bad specs fail here, before Prefect starts
     if strategy not in STRATEGIES:
         raise click.BadParameter(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
-    if dp_epsilon is not None and strategy != "fedavg":
-        raise click.BadParameter("--dp-epsilon is offered with --strategy fedavg only")
+    central_dp = dp_epsilon is not None and dp_level == "client"
+    if central_dp and strategy != "fedavg":
+        raise click.BadParameter(
+            "--dp-epsilon at --dp-level client is offered with --strategy fedavg only "
+            "(--dp-level example works with every strategy)"
+        )
     if byzantine > clients:
         raise click.BadParameter(f"--byzantine {byzantine} is more than the {clients} clients")
     if byzantine:
         from flows.federated.flow import attack_factor
 
         attack_factor(attack)
-    if secure and (strategy != "fedavg" or dp_epsilon is not None):
-        raise click.BadParameter("--secure is offered with --strategy fedavg (without DP) only")
+    if secure and (strategy != "fedavg" or central_dp):
+        raise click.BadParameter(
+            "--secure is offered with --strategy fedavg (and DP only at --dp-level example)"
+        )
     if plot is not None and plot.suffix.lower() != ".png":
         raise click.BadParameter(f"--plot {plot}: the file name must end in .png")
     nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)
@@ -374,7 +387,8 @@ def federated(
         dataset=cid, clients=clients, partition=partition, rounds=rounds, strategy=strategy,
         model=model, seed=seed, epochs=epochs, lr=lr,
         strategy_args=_kwargs(strategy_args) or None, byzantine=byzantine, attack=attack,
-        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, nodes=nodes,
+        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, dp_level=dp_level,
+        nodes=nodes,
         api_url=cluster["prefect_api"] if cluster else None, round_timeout=round_timeout,
         min_clients=min_clients, secure=secure, dropout=dropout,
     )  # fmt: skip
@@ -431,5 +445,11 @@ def _print_history(result: dict[str, Any]) -> None:
                       str(row.get("clients", "")), str(row["rejected"]))  # fmt: skip
     Console().print(table)
     click.echo(f"model: {result['model']}  final accuracy {result['accuracy']:.4f}")
+    privacy = result.get("privacy")
+    if privacy:
+        what = ("each client's examples (DP-SGD on the clients)" if privacy["level"] == "example"
+                else "each whole client (noise on the sum of updates)")  # fmt: skip
+        click.echo(f"privacy: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} "
+                   f"for {what}")  # fmt: skip
     if result.get("plot"):
         click.echo(f"plot: {result['plot']}")

@@ -213,11 +213,14 @@ def client_round(
     proximal_mu: float = 0.0,
     attack: str | None = None,
     secure: dict[str, Any] | None = None,
+    dp: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One client's round: evaluate the global model on the local held-out part, then train
     from it (``epochs=0``: evaluate only); the update is an artifact. ``attack`` makes this
     client Byzantine (simulation only, see :func:`apply_attack`); ``secure`` (``me``,
-    ``peers``, ``context``) sends a masked update for secure aggregation."""
+    ``peers``, ``context``) sends a masked update for secure aggregation; ``dp`` (``epsilon``,
+    ``delta``, ``clip``, ``rounds``) trains by DP-SGD, the noise chosen here for this client's
+    data to spend at most ``epsilon`` over all the rounds (:mod:`flows.federated.dpsgd`)."""
     from flows.federated.client import evaluate_weights, local_train
 
     weights, spec = _weights(global_model)
@@ -235,10 +238,19 @@ def client_round(
     if epochs == 0:
         return {"update": None, "num_examples": len(y), "metrics": {}, "evaluation": evaluation,
                 **key}  # fmt: skip
-    result = local_train(
-        model_spec, weights, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-        proximal_mu=proximal_mu,
-    )  # fmt: skip
+    if dp is not None:
+        from flows.federated.dpsgd import dp_sgd_train, plan
+
+        budget = plan(len(y), batch_size=batch_size, epochs=epochs, rounds=int(dp["rounds"]),
+                      epsilon=float(dp["epsilon"]), delta=float(dp["delta"]),
+                      clip=float(dp["clip"]))  # fmt: skip
+        result = dp_sgd_train(model_spec, weights, x, y, budget, lr=lr, seed=seed,
+                              proximal_mu=proximal_mu)  # fmt: skip
+    else:
+        result = local_train(
+            model_spec, weights, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+            proximal_mu=proximal_mu,
+        )  # fmt: skip
     sent = apply_attack(attack, weights, result.weights) if attack else result.weights
     info: dict[str, Any] = {"round": round, "update_of": global_model, "data": data}
     if attack:
@@ -463,6 +475,7 @@ def federated_train_fn(
     dp_epsilon: float | None = None,
     dp_delta: float = 1e-5,
     dp_clip: float = 1.0,
+    dp_level: str = "client",
     nodes: list[list[str]] | None = None,
     api_url: str | None = None,
     round_timeout: float = 600.0,
@@ -476,7 +489,9 @@ def federated_train_fn(
     Prefect API; ``clients``/``partition``/``byzantine``/``dropout`` are simulation settings.
     ``byzantine`` > 0 makes the first that many clients send ``attack`` (robustness tests).
     ``min_clients`` (default: a majority of the clients) answers, and accepted updates, are
-    needed for a round to count."""
+    needed for a round to count. ``dp_epsilon`` with ``dp_level="client"`` adds noise to the
+    sum of clipped updates (FedAvg only); with ``"example"`` every client trains by DP-SGD
+    (any strategy)."""
     from prefect.logging import get_run_logger
 
     from flows.federated.remote import NodeClients
@@ -495,15 +510,28 @@ def federated_train_fn(
         raise FlowError(f"byzantine must be between 0 and the {n_clients} simulated clients")
     if not 0.0 <= dropout < 1.0 or (nodes and dropout):
         raise FlowError("dropout is a simulated chance in [0, 1)")
-    if secure and (strategy != "fedavg" or dp_epsilon is not None):
-        raise AggregationError("secure aggregation is offered with fedavg (without DP) only")
+    if dp_level not in ("client", "example"):
+        raise FlowError(f"dp_level must be client or example, got {dp_level!r}")
+    central_dp = dp_epsilon is not None and dp_level == "client"
+    if central_dp and strategy != "fedavg":
+        raise AggregationError("client-level DP is offered with fedavg only (try dp_level example)")
+    if secure and (strategy != "fedavg" or central_dp):
+        raise AggregationError(
+            "secure aggregation is offered with fedavg (without client-level DP) only"
+        )
     if round_timeout <= 0:
         raise FlowError("round_timeout must be positive")
     if byzantine:
         attack_factor(attack)  # a bad attack spec fails before any round
     log = get_run_logger()
     dp: dict[str, float] | None = None
-    if dp_epsilon is not None:
+    client_dp: dict[str, Any] | None = None
+    if dp_epsilon is not None and not central_dp:
+        client_dp = {"epsilon": dp_epsilon, "delta": dp_delta, "clip": dp_clip, "rounds": rounds}
+        log.info("differential privacy: DP-SGD on every client, epsilon %.3g at delta %g for "
+                 "each client's examples over %d rounds, clip %g", dp_epsilon, dp_delta, rounds,
+                 dp_clip)  # fmt: skip
+    elif dp_epsilon is not None:
         from flows.federated.privacy import noise_for_epsilon
 
         sigma = noise_for_epsilon(dp_epsilon, rounds, dp_delta)
@@ -536,6 +564,7 @@ def federated_train_fn(
                                                  for c in labels})  # fmt: skip
         keys = {c: str(a["public_key"]) for c, a in got.answers.items()}
     history: list[dict[str, Any]] = []
+    spent_by: dict[str, dict[str, float]] = {}  # DP-SGD: each client's planned spend
     for rnd in range(1, rounds + 1):
         participants = [c for c in labels if not secure or c in keys]
         dropped: list[tuple[str, str]] = []
@@ -551,6 +580,8 @@ def federated_train_fn(
                 }  # fmt: skip
                 if k < byzantine:
                     extra["attack"] = attack
+                if client_dp is not None:
+                    extra["dp"] = client_dp
                 if secure:
                     extra["secure"] = {"me": c, "context": context,
                                        "peers": {p: keys[p] for p in participants}}  # fmt: skip
@@ -577,6 +608,9 @@ def federated_train_fn(
             log.warning("round %d: secure aggregation restarts without %s", rnd,
                         ", ".join(c for c, _ in got.missing))  # fmt: skip
         answered = [c for c in participants if c in got.answers]
+        for c in answered if client_dp is not None else ():
+            spent_by[c] = {k: float(got.answers[c]["metrics"][k])
+                           for k in ("epsilon", "noise_multiplier", "sample_rate")}  # fmt: skip
         if history:
             history[-1].update(_federated_evaluation(got.answers))
         agg = aggregate_round(
@@ -605,7 +639,10 @@ def federated_train_fn(
         from flows.federated.privacy import epsilon
 
         spent = epsilon(dp["noise_multiplier"], rounds, dp_delta)
-        privacy = {"epsilon": spent, "delta": dp_delta, **dp}
+        privacy = {"level": "client", "epsilon": spent, "delta": dp_delta, **dp}
+    elif client_dp is not None:
+        privacy = {"level": "example", "epsilon": max(s["epsilon"] for s in spent_by.values()),
+                   "delta": dp_delta, "clip": dp_clip, "clients": spent_by}  # fmt: skip
     return {"model": global_model, "history": history, "accuracy": history[-1]["accuracy"],
             "clients": client_data, "strategy": strategy, "privacy": privacy,
             "federated_accuracy": history[-1]["federated_accuracy"], "secure": secure}  # fmt: skip

@@ -10,6 +10,13 @@ by the number of clients. One round is the Gaussian mechanism with L2 sensitivit
 converts to (ε, δ)-DP by ``ε = min_α [RDP(α) + log(1/δ) / (α − 1)]`` (Mironov 2017, Prop. 3).
 Client sampling (privacy amplification) is not modelled: the bound is for full participation
 and therefore conservative when fewer clients take part.
+
+The same accountant serves example-level DP-SGD on each client (:mod:`flows.federated.dpsgd`),
+where every step is the *sampled* Gaussian mechanism: each example joins a batch with
+probability ``q`` (Poisson sampling). Its RDP at integer order α is ``log A_α / (α − 1)`` with
+``A_α = Σ_k C(α, k) (1 − q)^(α−k) q^k exp((k² − k) / (2σ²))`` (Mironov, Talwar & Zhang 2019,
+Sec. 3.3; the form TensorFlow Privacy and Opacus compute for integer orders); ``q = 1`` gives
+back ``α / (2σ²)``. With ``q < 1`` only integer orders are searched.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import numpy as np
 
 from flows.errors import AggregationError
 
-__all__ = ["DEFAULT_ORDERS", "clip_update", "epsilon", "noise_for_epsilon", "private_mean"]
+__all__ = [
+    "DEFAULT_ORDERS", "clip_update", "epsilon", "noise_for_epsilon", "private_mean", "rdp",
+]  # fmt: skip
 
 Array = np.ndarray[Any, Any]
 #: Rényi orders searched when converting to (ε, δ): fine near 1, coarse far out.
@@ -77,32 +86,66 @@ def private_mean(
     }
 
 
+def rdp(
+    noise_multiplier: float,
+    steps: int,
+    sample_rate: float = 1.0,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+) -> list[tuple[float, float]]:
+    """``(order, RDP)`` of ``steps`` compositions of the (sampled) Gaussian mechanism; orders
+    that are not integers are left out when ``sample_rate < 1``."""
+    sigma = _positive(noise_multiplier, "noise_multiplier")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise AggregationError(f"the number of steps must be a positive integer, got {steps!r}")
+    q = _positive(sample_rate, "sample_rate")
+    if q > 1:
+        raise AggregationError(f"sample_rate must be at most 1, got {sample_rate}")
+    if q == 1:
+        return [(a, steps * a / (2 * sigma * sigma)) for a in orders if a > 1]
+    out = []
+    for a in orders:
+        if a <= 1 or a != int(a):
+            continue
+        k = np.arange(int(a) + 1, dtype=np.float64)
+        # log C(α, k) as a running sum of log((α − k + 1) / k)
+        log_binom = np.concatenate(([0.0], np.cumsum(np.log((a - k[1:] + 1) / k[1:]))))
+        terms = (
+            log_binom
+            + (a - k) * math.log1p(-q)
+            + k * math.log(q)
+            + (k * k - k) / (2 * sigma * sigma)
+        )
+        top = float(terms.max())
+        log_a = top + math.log(float(np.exp(terms - top).sum()))
+        out.append((float(a), steps * log_a / (a - 1)))
+    return out
+
+
 def epsilon(
     noise_multiplier: float,
     rounds: int,
     delta: float,
     orders: Sequence[float] = DEFAULT_ORDERS,
+    sample_rate: float = 1.0,
 ) -> float:
-    """ε of ``rounds`` Gaussian-mechanism rounds at ``noise_multiplier``, for ``delta``."""
-    sigma = _positive(noise_multiplier, "noise_multiplier")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise AggregationError(f"rounds must be a positive integer, got {rounds!r}")
-    if not (0 < delta < 1):
+    """ε of ``rounds`` Gaussian-mechanism rounds (or DP-SGD steps, each example sampled with
+    ``sample_rate``) at ``noise_multiplier``, for ``delta``."""
+    if not (isinstance(delta, int | float) and 0 < delta < 1):
         raise AggregationError(f"delta must be in (0, 1), got {delta!r}")
-    return min(
-        rounds * a / (2 * sigma * sigma) + math.log(1 / delta) / (a - 1) for a in orders if a > 1
-    )
+    curve = rdp(noise_multiplier, rounds, sample_rate, orders)
+    return min(r + math.log(1 / delta) / (a - 1) for a, r in curve)
 
 
-def noise_for_epsilon(target: float, rounds: int, delta: float) -> float:
-    """The smallest noise multiplier (to 1e-4) whose ``rounds`` rounds spend at most ``target``."""
+def noise_for_epsilon(target: float, rounds: int, delta: float, sample_rate: float = 1.0) -> float:
+    """The smallest noise multiplier (to 1e-4) whose ``rounds`` rounds (DP-SGD steps at
+    ``sample_rate``) spend at most ``target``."""
     target = _positive(target, "target epsilon")
     low, high = 1e-3, 1e4
-    if epsilon(high, rounds, delta) > target:
+    if epsilon(high, rounds, delta, sample_rate=sample_rate) > target:
         raise AggregationError(f"no noise multiplier up to {high:g} reaches epsilon {target:g}")
     while high - low > 1e-4:
         mid = (low + high) / 2
-        if epsilon(mid, rounds, delta) > target:
+        if epsilon(mid, rounds, delta, sample_rate=sample_rate) > target:
             low = mid
         else:
             high = mid

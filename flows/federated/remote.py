@@ -48,6 +48,7 @@ def fed_client_on_node(
     seed: int = 0,
     proximal_mu: float = 0.0,
     secure: dict[str, Any] | None = None,
+    dp: dict[str, Any] | None = None,
     note: str = "",
 ) -> dict[str, Any]:
     """One federated round on this node: train from ``global_model`` on ``dataset`` (usually
@@ -56,7 +57,7 @@ def fed_client_on_node(
     return _finish(client_round(
         global_model=global_model, data=resolve_dataset(dataset), round=round, epochs=epochs,
         lr=lr, batch_size=batch_size, seed=seed, proximal_mu=proximal_mu, secure=secure,
-        return_state=True,
+        dp=dp, return_state=True,
     ))  # fmt: skip
 
 

@@ -101,6 +101,7 @@ def test_server_optimiser_strategy_and_bad_input(tmp_path: Path) -> None:
     assert out["model"] != _ok(home, *RUN[:-1], "--rounds", "2", "--json")["model"]
     private = _ok(home, *RUN[:-1], "--rounds", "2", "--dp-epsilon", "8", "--json")
     assert 7.9 < private["privacy"]["epsilon"] <= 8.0
+    assert private["privacy"]["level"] == "client"
     assert private["privacy"]["noise_multiplier"] > 0
     assert private["model"] != out["model"]
     for bad, fragment in [
