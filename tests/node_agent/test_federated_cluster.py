@@ -2,14 +2,18 @@
 three node agents as processes on 127.0.0.1), each node holding a private non-IID part of the
 digits: FedAvg reaches 0.90 with only updates travelling, secure aggregation gives the same
 curve, a stopped node is a straggler (the round goes on without it, its late update is
-discarded), and too few answers fail the run cleanly."""
+discarded), a killed coordinator resumes from its last round, and too few answers fail the run
+cleanly."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +156,50 @@ def test_a_stopped_node_is_a_straggler_and_its_late_update_is_discarded(
     assert len(used) == sum(row["clients"] for row in history)
     assert item["update"] not in used
     assert history[-1]["clients"] == 3  # node-3 is back in the last round
+
+
+def test_a_coordinator_killed_mid_run_resumes_from_its_last_round(
+    fed_cluster: dict[str, Any],
+) -> None:
+    home = fed_cluster["home"]
+    args = ["federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "3", "--seed", "7",
+            "--json"]  # fmt: skip
+    before = _aggregations(home)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CIDFLOW_"))}
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "cidflow", "--home", str(home), *args], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while _aggregations(home) == before and coordinator.poll() is None:
+            assert time.monotonic() < deadline, "round 1 was never aggregated"
+            time.sleep(0.5)
+    finally:
+        os.killpg(coordinator.pid, signal.SIGKILL)
+        coordinator.wait()
+    done = _aggregations(home) - before
+    assert 1 <= done < 3, "the coordinator was not killed mid-run"
+    store = open_store(home, read_only=True)
+    first = set(_aggregated_models(store))
+
+    out = ok(cli(home, *args, timeout=900))
+    assert [h["round"] for h in out["history"]] == [1, 2, 3]
+    assert _aggregations(home) - before == 3  # the rounds done before the kill did not rerun
+    chain, model = [], out["model"]
+    while "updates" in (info := store.open_artifact(model).attrs.get(FED_ATTR) or {}):
+        chain.append(model)
+        model = info["previous"]
+    assert len(chain) == 3
+    assert chain[-1] in first  # round 1 is the model aggregated before the kill
+    again = ok(cli(home, *args, timeout=900))
+    assert again["model"] == out["model"]
+    assert again["history"] == out["history"]
+
+
+def _aggregated_models(store: Any) -> list[str]:
+    return [out for rs in receipt_index(store).values() for r in rs
+            if r.body["task"] == "fed-aggregate" for out in r.body["outputs"]]  # fmt: skip
 
 
 def test_too_few_answers_fail_cleanly_and_bad_clients_are_refused(
