@@ -4,7 +4,7 @@ Digits, 5 clients, Dirichlet α = 0.5, MLP, 20 rounds, as `bench_federated.py`; 
 and seed: a clean run, then client 0 sending `signflip` and `scale:1000`. The partition changes
 with the seed, so each seed is a different Byzantine client's data. Judged on the mean accuracy
 of the last 5 rounds (single rounds of Krum swing by 10+ points on non-IID data) and on the
-final round, averaged over seeds.
+final round, averaged over seeds. ``--min-cosine C`` screens every run's updates by direction.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import statistics
 from _common import BIN, env_with, fresh_dir, log, run, write_result
 
 STRATEGIES = {
+    "fedavg": [],
     "fedmedian": [],
     "fedtrimmedavg": [],
     "krum": ["--strategy-arg", "num_malicious=1"],
@@ -28,14 +29,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
+    p.add_argument("--strategies", nargs="*", default=[s for s in STRATEGIES if s != "fedavg"])
+    p.add_argument(
+        "--min-cosine",
+        type=float,
+        default=None,
+        help="Also screen updates by direction (cidflow federated --min-cosine).",
+    )
     args = p.parse_args()
+    screen = [] if args.min_cosine is None else ["--min-cosine", str(args.min_cosine)]
     home = fresh_dir("fed-robust") / "home"
     cf = [str(BIN / "cidflow"), "--home", str(home)]
     run([*cf, "key", "new"], env=env_with())
     run([*cf, "publish", "sklearn:digits", "--name", "demo/digits", "--version", "1.0.0"],
         env=env_with())  # fmt: skip
     runs: dict[str, dict[str, list[list[float]]]] = {}
+    rejected: dict[str, dict[str, list[int]]] = {}  # updates rejected over a run, per seed
     for name in args.strategies:
         for seed in range(args.seeds):
             for attack in ATTACKS:
@@ -43,8 +52,12 @@ def main() -> None:
                 r = run([*cf, "federated", "--dataset", "demo/digits", "--clients", "5",
                          "--partition", "dirichlet:0.5", "--rounds", str(args.rounds),
                          "--strategy", name, *STRATEGIES[name], "--model", "mlp", "--seed",
-                         str(seed), *byz, "--json"], env=env_with())  # fmt: skip
-                acc = [h["accuracy"] for h in json.loads(r["stdout"].splitlines()[-1])["history"]]
+                         str(seed), *byz, *screen, "--json"], env=env_with())  # fmt: skip
+                history = json.loads(r["stdout"].splitlines()[-1])["history"]
+                acc = [h["accuracy"] for h in history]
+                rejected.setdefault(name, {}).setdefault(attack, []).append(
+                    sum(h["rejected"] for h in history)
+                )
                 runs.setdefault(name, {}).setdefault(attack, []).append(acc)
                 log(f"  {name} seed {seed} {attack}: final {acc[-1]:.3f}")
     summary = {}
@@ -53,9 +66,11 @@ def main() -> None:
                  for a, cs in by_attack.items()}  # fmt: skip
         final = {a: statistics.mean(c[-1] for c in cs) for a, cs in by_attack.items()}
         drops = {a: round(100 * (last5["clean"] - v), 1) for a, v in last5.items() if a != "clean"}
-        summary[name] = {"last5": last5, "final": final, "drop_points_last5": drops}
+        summary[name] = {"last5": last5, "final": final, "drop_points_last5": drops,
+                         "rejected": rejected[name]}  # fmt: skip
     write_result("bench_fed_robust", {"rounds": args.rounds, "seeds": args.seeds,
-                                      "runs": runs, "summary": summary})  # fmt: skip
+                                      "min_cosine": args.min_cosine, "runs": runs,
+                                      "summary": summary})  # fmt: skip
     print(
         "bench_fed_robust: " + json.dumps({k: v["drop_points_last5"] for k, v in summary.items()})
     )

@@ -329,6 +329,9 @@ def infer(
               "updates.")  # fmt: skip
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Simulation: chance a client's answer is lost.")  # fmt: skip
+@click.option("--min-cosine", type=click.FloatRange(-1, 1),
+              help="Reject updates whose cosine with the round's coordinate-wise median update "
+              "is below this (0 catches sign-flipped updates) [default: off].")  # fmt: skip
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
               help="Save the accuracy curves as a PNG.")  # fmt: skip
 @registry_option
@@ -340,7 +343,8 @@ def federated(
     strategy_args: tuple[str, ...], model: str, seed: int, epochs: int, lr: float,
     byzantine: int, attack: str, dp_epsilon: float | None, dp_delta: float, dp_clip: float,
     dp_level: str, node_clients: tuple[str, ...], round_timeout: float,
-    min_clients: int | None, secure: bool, dropout: float, plot: Path | None,
+    min_clients: int | None, secure: bool, dropout: float, min_cosine: float | None,
+    plot: Path | None,
     target: str | None, verbose: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Federated training: clients train where their data is, only updates travel (as
@@ -371,6 +375,13 @@ def federated(
         raise click.BadParameter(
             "--secure is offered with --strategy fedavg (and DP only at --dp-level example)"
         )
+    if secure and min_cosine is not None:
+        raise click.BadParameter("--min-cosine needs updates in the clear: not with --secure")
+    if min_cosine is not None:
+        from flows.federated.flow import KRUM_RULES, KRUM_SCREEN
+
+        if strategy in KRUM_RULES:
+            raise click.BadParameter(KRUM_SCREEN.replace("min_cosine", "--min-cosine"))
     if plot is not None and plot.suffix.lower() != ".png":
         raise click.BadParameter(f"--plot {plot}: the file name must end in .png")
     nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)
@@ -390,7 +401,7 @@ def federated(
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, dp_level=dp_level,
         nodes=nodes,
         api_url=cluster["prefect_api"] if cluster else None, round_timeout=round_timeout,
-        min_clients=min_clients, secure=secure, dropout=dropout,
+        min_clients=min_clients, secure=secure, dropout=dropout, min_cosine=min_cosine,
     )  # fmt: skip
     if plot is not None:
         from flows.federated.report import plot_history

@@ -293,10 +293,13 @@ def aggregate_round(
     dp: dict[str, float] | None = None,
     clients: list[str] | None = None,
     secure: dict[str, Any] | None = None,
+    min_cosine: float | None = None,
 ) -> dict[str, Any]:
     """Screen and aggregate the round's updates into the next global model (or a failure).
 
-    An update that is not for this round's global model (a late one, say) is rejected first.
+    An update that is not for this round's global model (a late one, say) is rejected first;
+    with ``min_cosine``, so is one pointing away from the round's median update
+    (:func:`~flows.federated.validate.direction_screen`).
     With ``dp`` (``clip``, ``noise_multiplier``, ``seed``; FedAvg only) the screened updates are
     clipped and averaged with Gaussian noise (:func:`~flows.federated.privacy.private_mean`);
     with ``secure`` (``participants``, ``context``) the masked updates are summed and only the
@@ -337,12 +340,17 @@ def aggregate_round(
             fresh.append((label, u, n))
     if secure is not None:
         outcome = _secure_round(chosen, weights, fresh, secure)
-    elif dp is not None:
-        results = [(label, loaded[u], n) for label, u, n in fresh]
-        outcome = _private_round(chosen, weights, results, dp, round)
     else:
-        outcome = chosen.aggregate(round, weights, [(label, loaded[u], n)
-                                                    for label, u, n in fresh])  # fmt: skip
+        results: list[Any] = [(label, loaded[u], n) for label, u, n in fresh]
+        if min_cosine is not None:
+            from flows.federated.validate import direction_screen
+
+            results, away = direction_screen(weights, results, min_cosine)
+            stale += away
+        if dp is not None:
+            outcome = _private_round(chosen, weights, results, dp, round)
+        else:
+            outcome = chosen.aggregate(round, weights, results)
     answer: dict[str, Any] = {
         "rejected": [list(r) for r in [*stale, *outcome.rejected]],
         "metrics": {**outcome.metrics, "received": len(updates)},
@@ -457,6 +465,11 @@ def _federated_evaluation(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"federated_accuracy": weighted, "client_accuracy": per_client}
 
 
+KRUM_RULES = ("krum", "multikrum")
+KRUM_SCREEN = ("min_cosine is for mean and median rules: Krum selects updates itself and needs "
+               "more than 2f + 2 of them, which screening would cut")  # fmt: skip
+
+
 def federated_train_fn(
     dataset: str,
     clients: int = 5,
@@ -482,6 +495,7 @@ def federated_train_fn(
     min_clients: int | None = None,
     secure: bool = False,
     dropout: float = 0.0,
+    min_cosine: float | None = None,
 ) -> dict[str, Any]:
     """The rounds (see the module docstring); returns the final model, history, accuracy.
 
@@ -491,7 +505,8 @@ def federated_train_fn(
     ``min_clients`` (default: a majority of the clients) answers, and accepted updates, are
     needed for a round to count. ``dp_epsilon`` with ``dp_level="client"`` adds noise to the
     sum of clipped updates (FedAvg only); with ``"example"`` every client trains by DP-SGD
-    (any strategy)."""
+    (any strategy). ``min_cosine`` rejects updates pointing away from the round's median
+    update (a sign flip, say; not with ``secure``, where updates are masked)."""
     from prefect.logging import get_run_logger
 
     from flows.federated.remote import NodeClients
@@ -521,6 +536,10 @@ def federated_train_fn(
         )
     if round_timeout <= 0:
         raise FlowError("round_timeout must be positive")
+    if min_cosine is not None and (secure or not -1.0 <= min_cosine <= 1.0):
+        raise FlowError("min_cosine is a number in [-1, 1], and needs updates in the clear")
+    if min_cosine is not None and strategy in KRUM_RULES:
+        raise FlowError(KRUM_SCREEN)
     if byzantine:
         attack_factor(attack)  # a bad attack spec fails before any round
     log = get_run_logger()
@@ -618,6 +637,7 @@ def federated_train_fn(
             counts=[int(got.answers[c]["num_examples"]) for c in answered], round=rnd,
             strategy=strategy, strategy_args=args, server_state=state, dp=dp, clients=answered,
             secure={"participants": answered, "context": context} if secure else None,
+            min_cosine=min_cosine,
         )  # fmt: skip
         if agg["model"] is None:
             raise AggregationError(f"round {rnd} failed: {agg['failure']} (no model published)")

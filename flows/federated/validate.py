@@ -7,6 +7,12 @@ claim would otherwise buy a huge FedAvg weight). :func:`validate_update` returns
 reason an update fails, or ``None``; :func:`screen` splits a round's updates into accepted ones
 and ``(client_id, reason)`` rejections, which strategies put in their result.
 
+:func:`direction_screen` is an optional check across the round (off unless asked): an update
+whose direction disagrees with the coordinate-wise median of the round's updates (cosine below
+``min_cosine``) is rejected. A sign-flipped update has the norm of an honest one, so the norm
+bound cannot see it, and on non-IID data it drags the median itself; its cosine with the
+median update is negative where honest clients' are positive (bench/RESULTS.md, section 10).
+
 A bad *global* model, or bad bounds, is the coordinator's fault, not a client's: those raise
 :class:`~flows.errors.AggregationError`.
 """
@@ -23,7 +29,9 @@ import numpy as np
 from flows.errors import AggregationError
 from flows.federated.aggregate import Array
 
-__all__ = ["ClientUpdate", "check_limits", "screen", "update_norm", "validate_update"]
+__all__ = [
+    "ClientUpdate", "check_limits", "direction_screen", "screen", "update_norm", "validate_update",
+]  # fmt: skip
 
 
 class ClientUpdate(NamedTuple):
@@ -182,3 +190,50 @@ def screen(
         else:
             rejected.append((client, reason))
     return accepted, rejected
+
+
+def direction_screen(
+    global_weights: Mapping[str, Array],
+    results: Sequence[tuple[str, Mapping[str, Array], int]],
+    min_cosine: float,
+) -> tuple[list[tuple[str, Mapping[str, Array], int]], list[tuple[str, str]]]:
+    """Split results into kept ones and ``(client_id, reason)`` for updates ``Δ_k = w_k − w``
+    whose cosine with the coordinate-wise median of the round's ``Δ`` is below ``min_cosine``.
+
+    Only well-formed updates take part (the others are kept here, for :func:`screen` to reject
+    with its reason); with fewer than three there is no meaningful median and nothing is
+    rejected, nor when the median update is zero."""
+    if (
+        isinstance(min_cosine, bool)
+        or not isinstance(min_cosine, numbers.Real)
+        or not (-1.0 <= float(min_cosine) <= 1.0)
+    ):
+        raise AggregationError(f"min_cosine must be a number in [-1, 1], got {min_cosine!r}")
+    _check_global(global_weights)
+    names = sorted(global_weights)
+    deltas: dict[int, Array] = {}
+    for i, (_, weights, n) in enumerate(results):
+        if _reason(global_weights, weights, n, math.inf, 2**62) is None:
+            deltas[i] = np.concatenate([
+                (np.asarray(weights[k], np.float64) - np.asarray(global_weights[k], np.float64))
+                .ravel() for k in names
+            ])  # fmt: skip
+    if len(deltas) < 3:
+        return list(results), []
+    reference = np.median(np.stack(list(deltas.values())), axis=0)
+    ref_norm = float(np.linalg.norm(reference))
+    if ref_norm == 0.0:
+        return list(results), []
+    kept, rejected = [], []
+    for i, item in enumerate(results):
+        delta = deltas.get(i)
+        norm = float(np.linalg.norm(delta)) if delta is not None else 0.0
+        cosine = float(delta @ reference) / (norm * ref_norm) if delta is not None and norm else 1.0
+        if cosine < min_cosine:
+            why = (
+                f"points away from the round's median update (cosine {cosine:.3f} < {min_cosine:g})"
+            )
+            rejected.append((str(item[0]), why))
+        else:
+            kept.append(item)
+    return kept, rejected

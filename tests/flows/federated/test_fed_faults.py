@@ -216,6 +216,29 @@ def test_nan_and_infinite_updates_are_rejected_and_the_honest_ones_aggregate(fed
     assert _distance(new, fed.weights) > 0
 
 
+def test_a_sign_flipped_update_is_rejected_by_the_direction_screen_when_asked(fed: Fed) -> None:
+    answers = _honest(fed, fed.model)
+    honest = [str(a["update"]) for a in answers]
+    counts = [int(a["num_examples"]) for a in answers]
+    own = _model(honest[0])
+    flipped = {
+        k: (2 * fed.weights[k].astype(np.float64) - own[k]).astype(own[k].dtype) for k in own
+    }  # fmt: skip  (global − Δ)
+    info = {"round": 1, "update_of": fed.model}
+    bad = _put_model(flipped, fed.spec, info, "federated client")
+    updates, labels = [*honest, bad], [*HONEST, "flip"]
+    plain = _aggregate(fed.model, updates, [*counts, counts[0]], labels)
+    assert plain["rejected"] == []  # same norm as an honest update: the norm bound cannot see it
+    out = _aggregate(fed.model, updates, [*counts, counts[0]], labels, min_cosine=0.0)
+    reasons = _reasons(out)
+    assert list(reasons) == ["flip"]
+    assert "points away from the round's median update" in reasons["flip"]
+    assert out["metrics"]["received"] == 4
+    alone = _model(_aggregate(fed.model, honest, counts, HONEST)["model"])
+    new = _model(out["model"])
+    assert all(np.array_equal(new[k], alone[k]) for k in alone)
+
+
 # -- 2. names and shapes -------------------------------------------------------------------------
 
 

@@ -107,6 +107,9 @@ def test_server_optimiser_strategy_and_bad_input(tmp_path: Path) -> None:
     for bad, fragment in [
         (["--strategy", "krum", "--dp-epsilon", "8"], "with --strategy fedavg only"),
         (["--strategy", "fedmagic"], "unknown strategy 'fedmagic'"),
+        (["--secure", "--min-cosine", "0"], "--min-cosine needs updates in the clear"),
+        (["--min-cosine", "2"], "2.0 is not in the range -1<=x<=1"),
+        (["--strategy", "krum", "--min-cosine", "0"], "--min-cosine is for mean and median"),
         (["--partition", "dirichlet:-1"], "ALPHA must be a positive number"),
     ]:
         proc = subprocess.run(_cmd(home, *RUN[:-1], *bad), capture_output=True, text=True,

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from flows.errors import AggregationError
-from flows.federated.validate import ClientUpdate, screen, update_norm, validate_update
+from flows.federated.validate import (
+    ClientUpdate,
+    direction_screen,
+    screen,
+    update_norm,
+    validate_update,
+)
 
 f32 = np.float32
 GLOBAL: dict[str, np.ndarray] = {
@@ -200,3 +206,49 @@ def test_update_norm_is_the_l2_norm_of_the_concatenated_difference(
     flat = np.concatenate([a.ravel(), (b.astype(np.float64) - 1.0).ravel()])
     # math.hypot neither underflows nor overflows the squares (numpy's norm underflows)
     assert update_norm(g, u) == pytest.approx(math.hypot(*flat.tolist()), rel=1e-12)
+
+
+def _shifted(w: list[float], b: list[float]) -> dict[str, np.ndarray]:
+    return {"w": np.array(w, f32).reshape(2, 2), "b": np.array(b, f32),
+            "n": np.array(0, np.int64)}  # fmt: skip
+
+
+def test_direction_screen_rejects_an_update_pointing_away_from_the_median() -> None:
+    honest = [
+        _shifted([1, 1, 0, 0], [0.5, 0]),
+        _shifted([1, 0.5, 0.2, 0], [0.4, 0.1]),
+        _shifted([0.8, 1.2, 0, 0.1], [0.6, 0]),
+        _shifted([0.2, 1, 0.1, 0], [0.1, 0]),
+    ]
+    flipped = {k: np.asarray(-v) for k, v in honest[0].items()}  # an honest update, sign-flipped
+    results = [(f"c{i}", u, 10) for i, u in enumerate(honest)] + [("flip", flipped, 10)]
+    kept, rejected = direction_screen(GLOBAL, results, 0.0)
+    assert [c for c, _, _ in kept] == ["c0", "c1", "c2", "c3"]
+    assert len(rejected) == 1
+    client, reason = rejected[0]
+    assert client == "flip"
+    assert reason.startswith("points away from the round's median update (cosine -0.")
+    # the same update scaled x1000 points the right way: the direction screen keeps it
+    scaled = {k: np.asarray(1000 * v) for k, v in honest[1].items()}
+    kept, rejected = direction_screen(GLOBAL, [*results[:4], ("big", scaled, 10)], 0.0)
+    assert not rejected
+    # a stricter threshold also drops the honest update least aligned with the median
+    _, strict = direction_screen(GLOBAL, results, 0.9)
+    assert {c for c, _ in strict} >= {"flip", "c3"}
+
+
+def test_direction_screen_needs_three_well_formed_updates_and_a_good_threshold() -> None:
+    up, down = _shifted([1, 1, 0, 0], [0, 0]), _shifted([-1, -1, 0, 0], [0, 0])
+    kept, rejected = direction_screen(GLOBAL, [("a", up, 1), ("b", down, 1)], 0.0)
+    assert len(kept) == 2 and not rejected  # noqa: PT018 - two updates: no median to trust
+    broken = {"w": np.full((2, 2), np.nan, f32), "b": np.zeros(2, f32), "n": np.array(0)}
+    kept, rejected = direction_screen(
+        GLOBAL, [("a", up, 1), ("b", up, 1), ("x", broken, 1), ("c", down, 1)], 0.0
+    )
+    assert [c for c, _, _ in kept] == ["a", "b", "x"]  # the NaN one is left for screen()
+    assert [c for c, _ in rejected] == ["c"]
+    zero = [(c, good(), 1) for c in "abc"]  # a zero median update: nothing to compare with
+    assert direction_screen(GLOBAL, zero, 0.0) == (zero, [])
+    for bad in (1.5, -2, math.nan, True, "0"):
+        with pytest.raises(AggregationError, match="min_cosine"):
+            direction_screen(GLOBAL, zero, bad)  # type: ignore[arg-type]
