@@ -77,10 +77,16 @@ def lineage(
 def _flow_env(ctx: click.Context, verbose: bool) -> None:
     """Point Prefect (ephemeral API, result storage) and the flow runtime at this home.
 
-    Must run before prefect is imported; a value already in the environment wins."""
+    Must run before prefect is imported (Prefect reads its settings once, at import: a flow
+    would otherwise keep results and its API database under ``~/.prefect``, shared by every
+    home); a value already in the environment wins."""
     import os
+    import sys
 
     from cidflow.cli import _home
+
+    if "prefect" in sys.modules and "PREFECT_LOCAL_STORAGE_PATH" not in os.environ:
+        raise RuntimeError("internal error: prefect was imported before the home was set up")
 
     home = _home(ctx)
     os.environ["CIDFLOW_HOME"] = str(home)
@@ -368,7 +374,7 @@ def federated(
     if byzantine > clients:
         raise click.BadParameter(f"--byzantine {byzantine} is more than the {clients} clients")
     if byzantine:
-        from flows.federated.flow import attack_factor
+        from flows.federated.attacks import attack_factor
 
         attack_factor(attack)
     if secure and (strategy != "fedavg" or central_dp):
@@ -378,10 +384,10 @@ def federated(
     if secure and min_cosine is not None:
         raise click.BadParameter("--min-cosine needs updates in the clear: not with --secure")
     if min_cosine is not None:
-        from flows.federated.flow import KRUM_RULES, KRUM_SCREEN
+        from flows.federated.validate import SELECTING_RULES, SELECTING_SCREEN
 
-        if strategy in KRUM_RULES:
-            raise click.BadParameter(KRUM_SCREEN.replace("min_cosine", "--min-cosine"))
+        if strategy in SELECTING_RULES:
+            raise click.BadParameter(SELECTING_SCREEN.replace("min_cosine", "--min-cosine"))
     if plot is not None and plot.suffix.lower() != ".png":
         raise click.BadParameter(f"--plot {plot}: the file name must end in .png")
     nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)

@@ -40,7 +40,9 @@ from prefect import flow
 from artifacts.errors import ArtifactError, InvalidCIDError
 from flows.cache import MODEL_CODE_MODULES
 from flows.errors import AggregationError, FlowError, one_line
+from flows.federated.attacks import apply_attack, attack_factor
 from flows.federated.client import state_to_weights
+from flows.federated.validate import SELECTING_RULES, SELECTING_SCREEN
 from flows.tasks import cid_task, current_runtime
 
 __all__ = ["aggregate_round", "client_round", "federated_train", "init_model", "split_clients"]
@@ -81,34 +83,6 @@ def _put_model(weights: Weights, spec: dict[str, Any], info: dict[str, Any], sou
     store = current_runtime().store
     cid = store.put_state_dict(tensors, attrs={MODEL_ATTR: spec, FED_ATTR: info}, source=source)
     return str(cid)
-
-
-def attack_factor(attack: str) -> float:
-    """The factor K of an attack spec: ``scale:K`` → K, ``signflip`` → −1."""
-    kind, _, value = attack.partition(":")
-    if kind == "signflip" and not value:
-        return -1.0
-    if kind == "scale":
-        try:
-            return float(value)
-        except ValueError:
-            raise FlowError(f"attack {attack!r}: scale:K needs a number K") from None
-    raise FlowError(f"unknown attack {attack!r} (expected scale:K or signflip)")
-
-
-def apply_attack(attack: str, before: Weights, after: Weights) -> Weights:
-    """What a Byzantine client sends instead of its honest weights (simulation only):
-    ``scale:K`` sends ``before + K * (after - before)`` (K = 1000: a huge update), ``signflip``
-    sends ``before - (after - before)``. Integer arrays are left honest."""
-    factor = attack_factor(attack)
-    out: Weights = {}
-    for name, new in after.items():
-        old = before[name]
-        if np.issubdtype(new.dtype, np.floating):
-            out[name] = (old + factor * (new - old)).astype(new.dtype)
-        else:
-            out[name] = new
-    return out
 
 
 def _has_split(art: Any, split: str) -> bool:
@@ -465,11 +439,6 @@ def _federated_evaluation(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"federated_accuracy": weighted, "client_accuracy": per_client}
 
 
-KRUM_RULES = ("krum", "multikrum")
-KRUM_SCREEN = ("min_cosine is for mean and median rules: Krum selects updates itself and needs "
-               "more than 2f + 2 of them, which screening would cut")  # fmt: skip
-
-
 def federated_train_fn(
     dataset: str,
     clients: int = 5,
@@ -538,8 +507,8 @@ def federated_train_fn(
         raise FlowError("round_timeout must be positive")
     if min_cosine is not None and (secure or not -1.0 <= min_cosine <= 1.0):
         raise FlowError("min_cosine is a number in [-1, 1], and needs updates in the clear")
-    if min_cosine is not None and strategy in KRUM_RULES:
-        raise FlowError(KRUM_SCREEN)
+    if min_cosine is not None and strategy in SELECTING_RULES:
+        raise FlowError(SELECTING_SCREEN)
     if byzantine:
         attack_factor(attack)  # a bad attack spec fails before any round
     log = get_run_logger()

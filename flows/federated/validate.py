@@ -30,8 +30,15 @@ from flows.errors import AggregationError
 from flows.federated.aggregate import Array
 
 __all__ = [
-    "ClientUpdate", "check_limits", "direction_screen", "screen", "update_norm", "validate_update",
+    "SELECTING_RULES", "ClientUpdate", "check_limits", "direction_screen", "screen",
+    "update_norm", "validate_update",
 ]  # fmt: skip
+
+#: Strategies that select updates themselves (and need more than 2f + 2 of them): no
+#: direction screen in front of them.
+SELECTING_RULES = ("krum", "multikrum")
+SELECTING_SCREEN = ("min_cosine is for mean and median rules: Krum selects updates itself and "
+                    "needs more than 2f + 2 of them, which screening would cut")  # fmt: skip
 
 
 class ClientUpdate(NamedTuple):

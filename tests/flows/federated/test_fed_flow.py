@@ -119,3 +119,21 @@ def test_server_optimiser_strategy_and_bad_input(tmp_path: Path) -> None:
         assert len(lines) == 1, proc.stderr[-2000:]  # refused before Prefect starts
         assert lines[0].startswith("error:")
         assert fragment in lines[0]
+
+
+def test_checks_before_the_flow_leave_prefect_pointed_at_the_home(tmp_path: Path) -> None:
+    """--byzantine and --min-cosine are checked before the flow starts; that check must not
+    import Prefect, or its results and API database would land in ~/.prefect, shared by every
+    home (and one home's cached results would name artifacts another home lacks)."""
+    home, _ = _home(tmp_path, "d")
+    user = tmp_path / "user"  # the $HOME whose ~/.prefect must stay untouched
+    args = [a if a != "fedavg" else "fedmedian" for a in RUN]
+    args[args.index("3", args.index("--rounds"))] = "1"
+    proc = subprocess.run(
+        _cmd(home, *args, "--byzantine", "1", "--attack", "signflip", "--min-cosine", "0"),
+        capture_output=True, text=True, env=_env() | {"HOME": str(user)}, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(json.loads(proc.stdout.strip().splitlines()[-1])["history"]) == 1
+    assert any((home / "prefect" / "results").iterdir())
+    assert not (user / ".prefect").exists()

@@ -1,0 +1,44 @@
+"""Byzantine clients for simulation: what an attacking client sends instead of its update.
+
+No Prefect here: the CLI checks an attack spec before it points Prefect at the home.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from flows.errors import FlowError
+
+__all__ = ["apply_attack", "attack_factor"]
+
+Weights = dict[str, np.ndarray[Any, Any]]
+
+
+def attack_factor(attack: str) -> float:
+    """The factor K of an attack spec: ``scale:K`` → K, ``signflip`` → −1."""
+    kind, _, value = attack.partition(":")
+    if kind == "signflip" and not value:
+        return -1.0
+    if kind == "scale":
+        try:
+            return float(value)
+        except ValueError:
+            raise FlowError(f"attack {attack!r}: scale:K needs a number K") from None
+    raise FlowError(f"unknown attack {attack!r} (expected scale:K or signflip)")
+
+
+def apply_attack(attack: str, before: Weights, after: Weights) -> Weights:
+    """What a Byzantine client sends instead of its honest weights (simulation only):
+    ``scale:K`` sends ``before + K * (after - before)`` (K = 1000: a huge update), ``signflip``
+    sends ``before - (after - before)``. Integer arrays are left honest."""
+    factor = attack_factor(attack)
+    out: Weights = {}
+    for name, new in after.items():
+        old = before[name]
+        if np.issubdtype(new.dtype, np.floating):
+            out[name] = (old + factor * (new - old)).astype(new.dtype)
+        else:
+            out[name] = new
+    return out
