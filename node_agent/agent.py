@@ -94,7 +94,7 @@ class NodeAgent:
         self.private_cids = private_blob_cids(self.store, self.private.values())
         self.private_cids -= self._shared()
         self._shared_lock = threading.Lock()
-        self._child: subprocess.Popen[bytes] | None = None
+        self._children: list[subprocess.Popen[bytes]] = []
         self._stop = threading.Event()
 
     def _load_private(self, items: tuple[tuple[str, Path], ...]) -> dict[str, str]:
@@ -166,7 +166,7 @@ class NodeAgent:
                 log.warning("heartbeat failed: %s", exc)
 
     def start_flows(self) -> None:
-        """Serve the node-side flows as Prefect deployments ``FLOW/NAME`` (child process)."""
+        """Serve the node-side flows as Prefect deployments ``FLOW/NAME`` (child processes)."""
         if not self.options.prefect_api:
             return
         env = dict(os.environ)
@@ -180,22 +180,31 @@ class NodeAgent:
             "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         }
         cmd = [sys.executable, "-m", "node_agent.serve_flows", "--name", self.options.name]
-        # Same process group as this node: stopping the group (cluster down) stops both.
+        # Same process group as this node: stopping the group (cluster down) stops them all.
+        # One child serves flows with a process per run, one runs the warm (federated) flows.
         with open(self.home / "flows.log", "ab") as logfile:
-            self._child = subprocess.Popen(
-                cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+            self._children = [
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+                for command in (cmd, [*cmd, "--warm"])
+            ]
 
     def stop_flows(self) -> None:
-        child, self._child = self._child, None
-        if child is None or child.poll() is not None:
-            return
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(timeout=10)
+        children, self._children = self._children, []
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=10)
 
     # -- run -------------------------------------------------------------------------------------
     def serve(self) -> None:

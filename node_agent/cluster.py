@@ -28,6 +28,7 @@ from typing import Any
 from artifacts.cluster import CLUSTER_FILE
 from node_agent.auth import TOKEN_FILE
 from node_agent.errors import NodeConfigError
+from node_agent.serve_flows import NODE_FLOW_NAMES
 
 __all__ = ["cluster_down", "cluster_status", "cluster_up", "load_cluster"]
 
@@ -163,6 +164,10 @@ def cluster_up(
                                    "home": str(node_home), "marker": marker}))  # fmt: skip
         for proc, info in started[1:]:
             _wait_http(f"{info['url']}/v1/health", deadline, proc, f"node {info['name']}")
+        for proc, info in started[1:]:  # a run started before its deployment exists would fail
+            for flow in NODE_FLOW_NAMES:
+                _wait_http(f"{api}/deployments/name/{flow}/{info['name']}", deadline, proc,
+                           f"node {info['name']}'s {flow} deployment")  # fmt: skip
     except BaseException:
         for proc, _ in reversed(started):
             _stop_group(proc.pid)

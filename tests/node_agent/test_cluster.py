@@ -64,6 +64,15 @@ def test_up_reports_prefect_and_nodes_and_tokens_guard_writes(cluster: dict[str,
         assert authed.status_code == 200
     again = cli(cluster["home"], "cluster", "up", "--nodes", "3", "--home", str(cluster["home"]))
     one_error(again, "already up")
+    # up returned only once every node flow was deployed on every node: a run can start now
+    from flows.remote import node_flows
+    from node_agent.serve_flows import NODE_FLOW_NAMES
+
+    assert set(NODE_FLOW_NAMES) == set(node_flows())
+    for node in cluster["nodes"]:
+        for flow in NODE_FLOW_NAMES:
+            url = f"{cluster['prefect_api']}/deployments/name/{flow}/{node['name']}"
+            assert httpx.get(url, timeout=5).status_code == 200, url
 
 
 def test_add_replicates_and_get_reads_back(cluster: dict[str, Any], tmp_path: Path) -> None:
