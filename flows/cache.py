@@ -46,6 +46,7 @@ __all__ = [
     "cache_key",
     "canonical_inputs",
     "code_hash",
+    "drop_if_stale",
     "lookup_cached",
     "prefect_results_dir",
 ]
@@ -166,7 +167,9 @@ def _policy_class() -> type[Any]:
             **kwargs: Any,
         ) -> str | None:
             task = task_ctx.task
-            return cache_key(task.name, code_hash(task.fn, self.modules(inputs)), inputs)
+            key = cache_key(task.name, code_hash(task.fn, self.modules(inputs)), inputs)
+            drop_if_stale(key)
+            return key
 
     CIDCachePolicy.__module__ = __name__
     CIDCachePolicy.__qualname__ = "CIDCachePolicy"
@@ -323,30 +326,75 @@ def _has_encoded_object(value: Any) -> bool:
 
 def _outputs_present(home: Path, result: Mapping[str, Any]) -> bool:
     """Every artifact named in ``result`` (complete: every blob) and its receipt are stored."""
-    from artifacts.cid import as_cid
-    from artifacts.errors import ArtifactError, InvalidCIDError
     from artifacts.store import ArtifactStore
+
+    try:
+        store = ArtifactStore(home, read_only=True)
+    except (OSError, ValueError):
+        return False
+    return _present_in(store, result)
+
+
+def _named_cids(value: Any) -> Iterable[str]:
+    """The strings in ``value`` (nested lists and dicts too) that parse as CIDs."""
+    from artifacts.cid import as_cid
+    from artifacts.errors import InvalidCIDError
+
+    if isinstance(value, str):
+        try:
+            as_cid(value)
+        except InvalidCIDError:
+            return
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _named_cids(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _named_cids(item)
+
+
+def _present_in(store: Any, result: Mapping[str, Any]) -> bool:
+    """Every artifact ``result`` names, at any depth (complete: every blob), and its receipt
+    are in ``store``."""
+    from artifacts.errors import ArtifactError, InvalidCIDError
 
     receipt = result.get("receipt")
     if not isinstance(receipt, str):
         return False
     try:
-        store = ArtifactStore(home, read_only=True)
         if not store.blobs.has(receipt):
             return False
         for key, value in result.items():
-            if key == "receipt" or not isinstance(value, str):
+            if key == "receipt":
                 continue
-            try:
-                cid = as_cid(value)
-            except InvalidCIDError:
-                continue
-            art = store.open_artifact(cid)
-            if not all(store.blobs.has(c) for c in art.blob_cids()):
-                return False
+            for cid in _named_cids(value):
+                art = store.open_artifact(cid)
+                if not all(store.blobs.has(c) for c in art.blob_cids()):
+                    return False
     except (ArtifactError, InvalidCIDError, OSError, ValueError):
         return False
     return True
+
+
+def drop_if_stale(key: str) -> None:
+    """Delete Prefect's result record for ``key`` when it names an artifact (or receipt) that
+    the current runtime's store lacks, so that Prefect recomputes instead of serving it: one
+    results folder shared by two homes (a ``PREFECT_LOCAL_STORAGE_PATH`` set for all, say)
+    must never hand one home the other's outputs. Nothing happens when the results folder is
+    not certain from the environment (:func:`prefect_results_dir`), there is no record, or the
+    record is not a :func:`~flows.tasks.cid_task` result (with its ``receipt``)."""
+    results = prefect_results_dir()
+    if results is None:
+        return
+    path = results / key
+    result = _stored_result(path) if path.is_file() else None
+    if result is None or "receipt" not in result:  # not a cid_task's result: nothing to check
+        return
+    from flows.tasks import current_runtime
+
+    if not _present_in(current_runtime().store, result):
+        path.unlink(missing_ok=True)
 
 
 def lookup_cached(

@@ -137,3 +137,24 @@ def test_checks_before_the_flow_leave_prefect_pointed_at_the_home(tmp_path: Path
     assert len(json.loads(proc.stdout.strip().splitlines()[-1])["history"]) == 1
     assert any((home / "prefect" / "results").iterdir())
     assert not (user / ".prefect").exists()
+
+
+def test_homes_sharing_prefect_result_storage_never_get_each_others_outputs(
+    tmp_path: Path,
+) -> None:
+    """With one PREFECT_LOCAL_STORAGE_PATH for two homes (set by the user, say), the second
+    home's run finds the first one's cached results, which name artifacts only the first home
+    holds: such a stale hit must be recomputed, not served."""
+    shared = {"PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "shared-results")}
+    args = [a if a != "3" else "1" for a in RUN]  # one round (and 1 of --clients 3 -> 3 stays)
+    args[args.index("--clients") + 1] = "3"
+    outs = []
+    for name in ("first", "second"):
+        home, _ = _home(tmp_path, name)
+        proc = subprocess.run(_cmd(home, *args), capture_output=True, text=True,
+                              env=_env() | shared, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        store = ArtifactStore(home, read_only=True)
+        assert store.open_artifact(outs[-1]["model"]).to_state_dict()  # in this home's store
+    assert outs[0]["model"] == outs[1]["model"]  # the same computation, done in each home
