@@ -207,10 +207,16 @@ def test_too_few_answers_fail_cleanly_and_bad_clients_are_refused(
 ) -> None:
     home = fed_cluster["home"]
     before = _aggregations(home)
-    failed = cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "2",
-                 "--seed", "5", "--round-timeout", "0.5", "--min-clients", "3")  # fmt: skip
+    pid = _node_pid(fed_cluster, "node-3")
+    os.killpg(pid, signal.SIGSTOP)  # not a short timeout: warm clients answer in well under 1 s
+    try:
+        failed = cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "2",
+                     "--seed", "5", "--round-timeout", "3", "--min-clients", "3")  # fmt: skip
+    finally:
+        os.killpg(pid, signal.SIGCONT)
     one_error(failed, "min_clients is 3")
     assert "no model published" in failed.stderr
+    assert "node-3: no answer within 3s" in failed.stderr
     one_error(cli(home, "federated", "--dataset", "demo/digits", "--client", "node-9"),
               "no node 'node-9'")  # fmt: skip
     one_error(cli(home, "federated", "--dataset", "demo/digits", "--client", "node-1",
