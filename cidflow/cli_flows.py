@@ -365,29 +365,20 @@ def federated(
     parse_partition(partition)  # bad specs fail here, before Prefect starts
     if strategy not in STRATEGIES:
         raise click.BadParameter(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
-    central_dp = dp_epsilon is not None and dp_level == "client"
-    if central_dp and strategy != "fedavg":
-        raise click.BadParameter(
-            "--dp-epsilon at --dp-level client is offered with --strategy fedavg only "
-            "(--dp-level example works with every strategy)"
-        )
+    from flows.federated.validate import option_conflict
+
+    conflict = option_conflict(
+        strategy, dp_epsilon=dp_epsilon, dp_level=dp_level, secure=secure, min_cosine=min_cosine,
+        spell=lambda name: "--" + name.replace("_", "-"),
+    )  # fmt: skip
+    if conflict is not None:
+        raise click.BadParameter(conflict)
     if byzantine > clients:
         raise click.BadParameter(f"--byzantine {byzantine} is more than the {clients} clients")
     if byzantine:
         from flows.federated.attacks import attack_factor
 
         attack_factor(attack)
-    if secure and (strategy != "fedavg" or central_dp):
-        raise click.BadParameter(
-            "--secure is offered with --strategy fedavg (and DP only at --dp-level example)"
-        )
-    if secure and min_cosine is not None:
-        raise click.BadParameter("--min-cosine needs updates in the clear: not with --secure")
-    if min_cosine is not None:
-        from flows.federated.validate import SELECTING_RULES, SELECTING_SCREEN
-
-        if strategy in SELECTING_RULES:
-            raise click.BadParameter(SELECTING_SCREEN.replace("min_cosine", "--min-cosine"))
     if plot is not None and plot.suffix.lower() != ".png":
         raise click.BadParameter(f"--plot {plot}: the file name must end in .png")
     nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)

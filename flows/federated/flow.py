@@ -42,7 +42,7 @@ from flows.cache import MODEL_CODE_MODULES
 from flows.errors import AggregationError, FlowError, one_line
 from flows.federated.attacks import apply_attack, attack_factor
 from flows.federated.client import state_to_weights
-from flows.federated.validate import SELECTING_RULES, SELECTING_SCREEN
+from flows.federated.validate import option_conflict
 from flows.tasks import cid_task, current_runtime
 
 __all__ = ["aggregate_round", "client_round", "federated_train", "init_model", "split_clients"]
@@ -494,21 +494,13 @@ def federated_train_fn(
         raise FlowError(f"byzantine must be between 0 and the {n_clients} simulated clients")
     if not 0.0 <= dropout < 1.0 or (nodes and dropout):
         raise FlowError("dropout is a simulated chance in [0, 1)")
-    if dp_level not in ("client", "example"):
-        raise FlowError(f"dp_level must be client or example, got {dp_level!r}")
+    conflict = option_conflict(strategy, dp_epsilon=dp_epsilon, dp_level=dp_level,
+                               secure=secure, min_cosine=min_cosine)  # fmt: skip
+    if conflict is not None:
+        raise AggregationError(conflict)
     central_dp = dp_epsilon is not None and dp_level == "client"
-    if central_dp and strategy != "fedavg":
-        raise AggregationError("client-level DP is offered with fedavg only (try dp_level example)")
-    if secure and (strategy != "fedavg" or central_dp):
-        raise AggregationError(
-            "secure aggregation is offered with fedavg (without client-level DP) only"
-        )
     if round_timeout <= 0:
         raise FlowError("round_timeout must be positive")
-    if min_cosine is not None and (secure or not -1.0 <= min_cosine <= 1.0):
-        raise FlowError("min_cosine is a number in [-1, 1], and needs updates in the clear")
-    if min_cosine is not None and strategy in SELECTING_RULES:
-        raise FlowError(SELECTING_SCREEN)
     if byzantine:
         attack_factor(attack)  # a bad attack spec fails before any round
     log = get_run_logger()

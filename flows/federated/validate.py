@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,15 +30,13 @@ from flows.errors import AggregationError
 from flows.federated.aggregate import Array
 
 __all__ = [
-    "SELECTING_RULES", "ClientUpdate", "check_limits", "direction_screen", "screen",
-    "update_norm", "validate_update",
+    "SELECTING_RULES", "ClientUpdate", "check_limits", "direction_screen", "option_conflict",
+    "screen", "update_norm", "validate_update",
 ]  # fmt: skip
 
 #: Strategies that select updates themselves (and need more than 2f + 2 of them): no
 #: direction screen in front of them.
 SELECTING_RULES = ("krum", "multikrum")
-SELECTING_SCREEN = ("min_cosine is for mean and median rules: Krum selects updates itself and "
-                    "needs more than 2f + 2 of them, which screening would cut")  # fmt: skip
 
 
 class ClientUpdate(NamedTuple):
@@ -244,3 +242,37 @@ def direction_screen(
         else:
             kept.append(item)
     return kept, rejected
+
+
+def option_conflict(
+    strategy: str,
+    *,
+    dp_epsilon: float | None,
+    dp_level: str,
+    secure: bool,
+    min_cosine: float | None,
+    spell: Callable[[str], str] = str,
+) -> str | None:
+    """Why these federated-training options cannot go together, or ``None``. ``spell`` writes
+    an option's name (the CLI gives its flag spelling); no Prefect here, so the CLI can ask
+    before it starts a flow."""
+    if dp_level not in ("client", "example"):
+        return f"{spell('dp_level')} must be client or example, got {dp_level!r}"
+    client_level = dp_epsilon is not None and dp_level == "client"
+    if client_level and strategy != "fedavg":
+        return (f"{spell('dp_epsilon')} at {spell('dp_level')} client is offered with "
+                f"{spell('strategy')} fedavg only ({spell('dp_level')} example works with every "
+                "strategy)")  # fmt: skip
+    if secure and (strategy != "fedavg" or client_level):
+        return (f"{spell('secure')} is offered with {spell('strategy')} fedavg (and DP only at "
+                f"{spell('dp_level')} example)")  # fmt: skip
+    if min_cosine is None:
+        return None
+    if secure:
+        return f"{spell('min_cosine')} needs updates in the clear: not with {spell('secure')}"
+    if not -1.0 <= min_cosine <= 1.0:
+        return f"{spell('min_cosine')} must be in [-1, 1], got {min_cosine}"
+    if strategy in SELECTING_RULES:
+        return (f"{spell('min_cosine')} is for mean and median rules: Krum selects updates itself "
+                "and needs more than 2f + 2 of them, which screening would cut")  # fmt: skip
+    return None
