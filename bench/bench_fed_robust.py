@@ -5,6 +5,9 @@ and seed: a clean run, then client 0 sending `signflip` and `scale:1000`. The pa
 with the seed, so each seed is a different Byzantine client's data. Judged on the mean accuracy
 of the last 5 rounds (single rounds of Krum swing by 10+ points on non-IID data) and on the
 final round, averaged over seeds. ``--min-cosine C`` screens every run's updates by direction.
+``--attacks ... silent`` adds runs where client 0 sends nothing: what a perfect defence (one that
+drops the attacker every round) reaches, the floor for the other attacks' drops. ``--tag`` names
+the output file (bench/out/bench_fed_robust[-TAG].json) so runs can go side by side.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 
 from _common import BIN, env_with, fresh_dir, log, run, write_result
 
@@ -25,10 +29,29 @@ STRATEGIES = {
 ATTACKS = ["clean", "signflip", "scale:1000"]
 
 
+def last_mean(curve: list[float]) -> float:
+    return statistics.mean(curve[-5:])
+
+
+def last(curve: list[float]) -> float:
+    return curve[-1]
+
+
+def points(
+    f: Callable[[list[float]], float], clean: list[list[float]], runs: list[list[float]]
+) -> list[float]:
+    """Per seed, how many points ``runs`` lose against the clean run by ``f`` (last-5 / final)."""
+    return [round(100 * (f(c) - f(x)), 1) for c, x in zip(clean, runs, strict=True)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--attacks", nargs="*", default=ATTACKS[1:],
+                   help="Besides the clean run: signflip, scale:K, silent.")  # fmt: skip
+    p.add_argument("--tag", default="")
     p.add_argument("--strategies", nargs="*", default=[s for s in STRATEGIES if s != "fedavg"])
     p.add_argument(
         "--min-cosine",
@@ -38,7 +61,9 @@ def main() -> None:
     )
     args = p.parse_args()
     screen = [] if args.min_cosine is None else ["--min-cosine", str(args.min_cosine)]
-    home = fresh_dir("fed-robust") / "home"
+    suffix = f"-{args.tag}" if args.tag else ""
+    home = fresh_dir("fed-robust" + suffix) / "home"
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     cf = [str(BIN / "cidflow"), "--home", str(home)]
     run([*cf, "key", "new"], env=env_with())
     run([*cf, "publish", "sklearn:digits", "--name", "demo/digits", "--version", "1.0.0"],
@@ -46,8 +71,8 @@ def main() -> None:
     runs: dict[str, dict[str, list[list[float]]]] = {}
     rejected: dict[str, dict[str, list[int]]] = {}  # updates rejected over a run, per seed
     for name in args.strategies:
-        for seed in range(args.seeds):
-            for attack in ATTACKS:
+        for seed in seeds:
+            for attack in ["clean", *args.attacks]:
                 byz = [] if attack == "clean" else ["--byzantine", "1", "--attack", attack]
                 r = run([*cf, "federated", "--dataset", "demo/digits", "--clients", "5",
                          "--partition", "dirichlet:0.5", "--rounds", str(args.rounds),
@@ -66,11 +91,18 @@ def main() -> None:
                  for a, cs in by_attack.items()}  # fmt: skip
         final = {a: statistics.mean(c[-1] for c in cs) for a, cs in by_attack.items()}
         drops = {a: round(100 * (last5["clean"] - v), 1) for a, v in last5.items() if a != "clean"}
+        clean = by_attack["clean"]
+
+        per_seed = {
+            a: {"last5": points(last_mean, clean, cs),
+                "final": points(last, clean, cs)}
+            for a, cs in by_attack.items() if a != "clean"
+        }  # fmt: skip
         summary[name] = {"last5": last5, "final": final, "drop_points_last5": drops,
-                         "rejected": rejected[name]}  # fmt: skip
-    write_result("bench_fed_robust", {"rounds": args.rounds, "seeds": args.seeds,
-                                      "min_cosine": args.min_cosine, "runs": runs,
-                                      "summary": summary})  # fmt: skip
+                         "drop_points_per_seed": per_seed, "rejected": rejected[name]}  # fmt: skip
+    write_result("bench_fed_robust" + suffix, {"rounds": args.rounds, "seeds": list(seeds),
+                                               "min_cosine": args.min_cosine, "runs": runs,
+                                               "summary": summary})  # fmt: skip
     print(
         "bench_fed_robust: " + json.dumps({k: v["drop_points_last5"] for k, v in summary.items()})
     )

@@ -308,7 +308,7 @@ def infer(
 @click.option("--byzantine", type=click.IntRange(min=0), default=0, show_default=True,
               help="Simulation: clients that send --attack, not honest updates.")  # fmt: skip
 @click.option("--attack", default="scale:1000", show_default=True,
-              help="What Byzantine clients send: scale:K or signflip.")  # fmt: skip
+              help="What Byzantine clients send: scale:K, signflip or silent.")  # fmt: skip
 @click.option("--dp-epsilon", type=click.FloatRange(min=0, min_open=True),
               help="Differential privacy: the epsilon to spend (see --dp-level).")  # fmt: skip
 @click.option("--dp-delta", type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -376,9 +376,9 @@ def federated(
     if byzantine > clients:
         raise click.BadParameter(f"--byzantine {byzantine} is more than the {clients} clients")
     if byzantine:
-        from flows.federated.attacks import attack_factor
+        from flows.federated.attacks import check_attack
 
-        attack_factor(attack)
+        check_attack(attack)
     if plot is not None and plot.suffix.lower() != ".png":
         raise click.BadParameter(f"--plot {plot}: the file name must end in .png")
     nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)

@@ -11,9 +11,19 @@ import numpy as np
 
 from flows.errors import FlowError
 
-__all__ = ["apply_attack", "attack_factor"]
+__all__ = ["SILENT", "apply_attack", "attack_factor", "check_attack"]
 
 Weights = dict[str, np.ndarray[Any, Any]]
+
+SILENT = "silent"
+"""The attacker never sends an update: the round goes on without it. What a perfect defence
+would achieve (the attacker's data is simply lost), so the floor for the other attacks."""
+
+
+def check_attack(attack: str) -> None:
+    """Raise :class:`FlowError` unless ``attack`` is ``scale:K``, ``signflip`` or ``silent``."""
+    if attack != SILENT:
+        attack_factor(attack)
 
 
 def attack_factor(attack: str) -> float:
@@ -26,7 +36,7 @@ def attack_factor(attack: str) -> float:
             return float(value)
         except ValueError:
             raise FlowError(f"attack {attack!r}: scale:K needs a number K") from None
-    raise FlowError(f"unknown attack {attack!r} (expected scale:K or signflip)")
+    raise FlowError(f"unknown attack {attack!r} (expected scale:K, signflip or silent)")
 
 
 def apply_attack(attack: str, before: Weights, after: Weights) -> Weights:

@@ -40,7 +40,7 @@ from prefect import flow
 from artifacts.errors import ArtifactError, InvalidCIDError
 from flows.cache import MODEL_CODE_MODULES
 from flows.errors import AggregationError, FlowError, one_line
-from flows.federated.attacks import apply_attack, attack_factor
+from flows.federated.attacks import SILENT, apply_attack, check_attack
 from flows.federated.client import state_to_weights
 from flows.federated.validate import option_conflict
 from flows.tasks import cid_task, current_runtime
@@ -408,6 +408,9 @@ class LocalClients:
         out = self._answers()
         self.calls += 1
         for label, extra in params.items():
+            if extra.get("attack") == SILENT and extra.get("epochs", 1):
+                out.missing.append((label, "silent (simulated Byzantine client)"))
+                continue
             answer = client_round(global_model=global_model, data=self.data[label], round=rnd,
                                   **extra)  # fmt: skip
             if self.dropout and extra.get("epochs", 1) and self.rng.random() < self.dropout:
@@ -502,7 +505,7 @@ def federated_train_fn(
     if round_timeout <= 0:
         raise FlowError("round_timeout must be positive")
     if byzantine:
-        attack_factor(attack)  # a bad attack spec fails before any round
+        check_attack(attack)  # a bad attack spec fails before any round
     log = get_run_logger()
     dp: dict[str, float] | None = None
     client_dp: dict[str, Any] | None = None

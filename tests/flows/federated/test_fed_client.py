@@ -86,6 +86,14 @@ def test_byzantine_attacks_transform_the_update_only() -> None:
     assert scaled["n"][0] == 4  # integer arrays stay honest
     flipped = apply_attack("signflip", before, after)
     np.testing.assert_allclose(flipped["w"], [0.5, 3.0])
-    for bad in ("scale:x", "scale", "poison", "signflip:2"):
+    for bad in ("scale:x", "scale", "poison", "signflip:2", "silent"):
         with pytest.raises(FlowError, match="attack"):
-            apply_attack(bad, before, after)
+            apply_attack(bad, before, after)  # a silent client sends nothing to transform
+    from flows.federated.attacks import check_attack
+
+    check_attack("silent")
+    with pytest.raises(FlowError, match="scale:K needs a number K"):
+        check_attack("scale:x")
+    for bad in ("poison", "silent:1"):
+        with pytest.raises(FlowError, match="expected scale:K, signflip or silent"):
+            check_attack(bad)

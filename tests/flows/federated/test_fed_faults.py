@@ -479,6 +479,22 @@ def test_a_secure_rounds_history_names_the_clients_that_dropped_out(fed: Fed) ->
     assert row["missing"] == [["client-1", "dropped out (simulated)"]]
 
 
+def test_a_silent_byzantine_client_is_missing_from_every_round(fed: Fed) -> None:
+    """``--attack silent``: the attacker never sends an update (the floor for the robustness
+    figures: what a defence that caught it every round would give). Every round goes on with
+    the other clients, names it as missing, and none of its updates is in any round."""
+    out = federated_train(dataset=fed.dataset, clients=3, partition="iid", rounds=2,
+                          model="mlp", model_kwargs=MODEL_KWARGS, seed=1, byzantine=1,
+                          attack="silent")  # fmt: skip
+    for row, info in zip(out["history"], _chain(fed, out["model"]), strict=True):
+        assert row["clients"] == 2
+        assert row["missing"] == [["client-0", "silent (simulated Byzantine client)"]]
+        senders = {fed.store.open_artifact(u).attrs[FED_ATTR]["data"] for u in info["updates"]}
+        assert senders == set(out["clients"][1:])  # client-0 (index 0) sent nothing
+    # The attacker still evaluates the final model (it is only silent about updates).
+    assert set(out["history"][-1]["client_accuracy"]) == set(HONEST)
+
+
 # -- 7. evaluation only --------------------------------------------------------------------------
 
 
