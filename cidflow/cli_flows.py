@@ -338,6 +338,9 @@ def infer(
 @click.option("--min-cosine", type=click.FloatRange(-1, 1),
               help="Reject updates whose cosine with the round's coordinate-wise median update "
               "is below this (0 catches sign-flipped updates) [default: off].")  # fmt: skip
+@click.option("--exclude-after", type=click.IntRange(min=1), metavar="K",
+              help="Leave a client out of later rounds once K of its updates were rejected "
+              "(a client that keeps attacking) [default: never].")  # fmt: skip
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
               help="Save the accuracy curves as a PNG.")  # fmt: skip
 @registry_option
@@ -350,7 +353,7 @@ def federated(
     byzantine: int, attack: str, dp_epsilon: float | None, dp_delta: float, dp_clip: float,
     dp_level: str, node_clients: tuple[str, ...], round_timeout: float,
     min_clients: int | None, secure: bool, dropout: float, min_cosine: float | None,
-    plot: Path | None,
+    exclude_after: int | None, plot: Path | None,
     target: str | None, verbose: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Federated training: clients train where their data is, only updates travel (as
@@ -399,6 +402,7 @@ def federated(
         nodes=nodes,
         api_url=cluster["prefect_api"] if cluster else None, round_timeout=round_timeout,
         min_clients=min_clients, secure=secure, dropout=dropout, min_cosine=min_cosine,
+        exclude_after=exclude_after,
     )  # fmt: skip
     if plot is not None:
         from flows.federated.report import plot_history
@@ -453,6 +457,8 @@ def _print_history(result: dict[str, Any]) -> None:
                       str(row.get("clients", "")), str(row["rejected"]))  # fmt: skip
     Console().print(table)
     click.echo(f"model: {result['model']}  final accuracy {result['accuracy']:.4f}")
+    if result["history"][-1].get("excluded"):
+        click.echo(f"excluded: {', '.join(result['history'][-1]['excluded'])}")
     privacy = result.get("privacy")
     if privacy:
         what = ("each client's examples (DP-SGD on the clients)" if privacy["level"] == "example"

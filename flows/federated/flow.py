@@ -312,6 +312,7 @@ def aggregate_round(
             stale.append((label, f"trained from {info.get('update_of')}, not this round's model"))
         else:
             fresh.append((label, u, n))
+    away: list[tuple[str, str]] = []
     if secure is not None:
         outcome = _secure_round(chosen, weights, fresh, secure)
     else:
@@ -325,8 +326,10 @@ def aggregate_round(
             outcome = _private_round(chosen, weights, results, dp, round)
         else:
             outcome = chosen.aggregate(round, weights, results)
+    screened = [label for label, _ in [*away, *outcome.rejected]]
     answer: dict[str, Any] = {
         "rejected": [list(r) for r in [*stale, *outcome.rejected]],
+        "screened": screened,  # rejected for what the update holds (not late, not unreadable)
         "metrics": {**outcome.metrics, "received": len(updates)},
         "failure": outcome.failure,
     }
@@ -468,6 +471,7 @@ def federated_train_fn(
     secure: bool = False,
     dropout: float = 0.0,
     min_cosine: float | None = None,
+    exclude_after: int | None = None,
 ) -> dict[str, Any]:
     """The rounds (see the module docstring); returns the final model, history, accuracy.
 
@@ -478,7 +482,10 @@ def federated_train_fn(
     needed for a round to count. ``dp_epsilon`` with ``dp_level="client"`` adds noise to the
     sum of clipped updates (FedAvg only); with ``"example"`` every client trains by DP-SGD
     (any strategy). ``min_cosine`` rejects updates pointing away from the round's median
-    update (a sign flip, say; not with ``secure``, where updates are masked)."""
+    update (a sign flip, say; not with ``secure``, where updates are masked). ``exclude_after``
+    leaves a client out of every later round (training and evaluation) once that many of its
+    updates were rejected for what they hold (validation or the direction screen; a late or
+    missing update is no strike): a Byzantine client that keeps attacking is dropped for good."""
     from prefect.logging import get_run_logger
 
     from flows.federated.remote import NodeClients
@@ -504,6 +511,8 @@ def federated_train_fn(
     central_dp = dp_epsilon is not None and dp_level == "client"
     if round_timeout <= 0:
         raise FlowError("round_timeout must be positive")
+    if exclude_after is not None and exclude_after < 1:
+        raise FlowError(f"exclude_after must be at least 1, got {exclude_after}")
     if byzantine:
         check_attack(attack)  # a bad attack spec fails before any round
     log = get_run_logger()
@@ -548,8 +557,10 @@ def federated_train_fn(
         keys = {c: str(a["public_key"]) for c, a in got.answers.items()}
     history: list[dict[str, Any]] = []
     spent_by: dict[str, dict[str, float]] = {}  # DP-SGD: each client's planned spend
+    strikes: dict[str, int] = {}  # rounds in which a client's update was screened out
+    excluded: list[str] = []
     for rnd in range(1, rounds + 1):
-        participants = [c for c in labels if not secure or c in keys]
+        participants = [c for c in labels if (not secure or c in keys) and c not in excluded]
         dropped: list[tuple[str, str]] = []
         late_seen: list[dict[str, Any]] = []
         for attempt in range(n_clients):
@@ -606,17 +617,24 @@ def federated_train_fn(
         if agg["model"] is None:
             raise AggregationError(f"round {rnd} failed: {agg['failure']} (no model published)")
         global_model, state = agg["model"], agg["server_state"]
+        for c in agg["screened"] if exclude_after is not None else ():
+            strikes[c] = strikes.get(c, 0) + 1
+            if strikes[c] == exclude_after:
+                excluded.append(c)
+                log.warning("round %d: %s excluded from later rounds: %d of its updates were "
+                            "rejected", rnd, c, exclude_after)  # fmt: skip
         metrics = evaluate(model=global_model, dataset=dataset)["metrics"]
         row: dict[str, Any] = {"round": rnd, "accuracy": float(metrics["accuracy"]),
                "loss": float(metrics["loss"]), "rejected": len(agg["rejected"]),
                "clients": len(answered), "federated_accuracy": None, "client_accuracy": {},
                "missing": [list(m) for m in dropped],
                "late": [{k: v for k, v in late.items() if k != "state"} for late in late_seen],
-               }  # fmt: skip
+               "excluded": list(excluded)}  # fmt: skip
         history.append(row)
         log.info("round %d/%d  accuracy=%.4f  loss=%.4f  clients=%d  rejected=%d", rnd, rounds,
                  row["accuracy"], row["loss"], row["clients"], row["rejected"])  # fmt: skip
-    final = runner.run_round(rounds + 1, global_model, {c: {"epochs": 0} for c in labels})
+    final = runner.run_round(rounds + 1, global_model,
+                             {c: {"epochs": 0} for c in labels if c not in excluded})  # fmt: skip
     history[-1].update(_federated_evaluation(final.answers))
     privacy = None
     if dp is not None:

@@ -495,6 +495,34 @@ def test_a_silent_byzantine_client_is_missing_from_every_round(fed: Fed) -> None
     assert set(out["history"][-1]["client_accuracy"]) == set(HONEST)
 
 
+def test_a_client_rejected_k_times_is_excluded_from_later_rounds(fed: Fed) -> None:
+    """``exclude_after=2``: client-0 sends ×1000 updates, the norm bound rejects them in rounds
+    1 and 2, and from round 3 on it gets no work at all (no update, no final evaluation)."""
+    common: dict[str, Any] = {"dataset": fed.dataset, "clients": 3, "partition": "iid",
+                              "model": "mlp", "model_kwargs": MODEL_KWARGS, "seed": 1,
+                              "strategy_args": {"norm_bound": 50.0}}  # fmt: skip
+    out = federated_train(**common, rounds=4, byzantine=1, attack="scale:1000", exclude_after=2)
+    rows, chain = out["history"], _chain(fed, out["model"])
+    assert [r["rejected"] for r in rows] == [1, 1, 0, 0]
+    assert [r["excluded"] for r in rows] == [[], ["client-0"], ["client-0"], ["client-0"]]
+    assert [r["clients"] for r in rows] == [3, 3, 2, 2]
+    for info in chain[2:]:
+        senders = {fed.store.open_artifact(u).attrs[FED_ATTR]["data"] for u in info["updates"]}
+        assert senders == set(out["clients"][1:])
+    assert set(rows[-1]["client_accuracy"]) == {"client-1", "client-2"}
+    # Honest clients under the same bound are never struck.
+    clean = federated_train(**common, rounds=2, exclude_after=1)
+    assert [r["excluded"] for r in clean["history"]] == [[], []]
+    assert [r["rejected"] for r in clean["history"]] == [0, 0]
+
+
+def test_exclude_after_must_be_positive(fed: Fed) -> None:
+    # (Exclusions alone never leave a round short: a round that strikes a client had enough
+    # accepted updates without it, and those clients stay.)
+    with pytest.raises(FlowError, match="exclude_after must be at least 1, got 0"):
+        federated_train(dataset=fed.dataset, clients=3, rounds=1, exclude_after=0)
+
+
 # -- 7. evaluation only --------------------------------------------------------------------------
 
 

@@ -111,6 +111,8 @@ def test_server_optimiser_strategy_and_bad_input(tmp_path: Path) -> None:
         (["--min-cosine", "2"], "2.0 is not in the range -1<=x<=1"),
         (["--strategy", "krum", "--min-cosine", "0"], "--min-cosine is for mean and median"),
         (["--partition", "dirichlet:-1"], "ALPHA must be a positive number"),
+        (["--exclude-after", "0"], "0 is not in the range x>=1"),
+        (["--byzantine", "1", "--attack", "silent:2"], "expected scale:K, signflip or silent"),
     ]:
         proc = subprocess.run(_cmd(home, *RUN[:-1], *bad), capture_output=True, text=True,
                               env=_env(), timeout=300)  # fmt: skip
