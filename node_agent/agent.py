@@ -4,11 +4,12 @@ compute.
 It (1) serves the node's blob store over HTTP (:mod:`node_agent.blobs_app`), (2) holds private
 datasets, stored in its own home only and never served or replicated, (3) announces itself to
 the registry with a signed ``node`` entry and re-announces every ``heartbeat`` seconds, and
-(4) with a Prefect API, serves the node-side flows as deployments ``FLOW/NODE`` in a child
-process (:mod:`node_agent.serve_flows`), whose flow runs use the cluster's store through a
-local cache (:mod:`artifacts.cluster`).
+(4) with a Prefect API, serves the node-side flows as deployments ``FLOW/NODE`` in child
+processes (:mod:`node_agent.serve_flows`), whose flow runs use the cluster's store through a
+local cache (:mod:`artifacts.cluster`). A child that dies is restarted
+(:mod:`node_agent.supervise`).
 
-Stopping it (SIGTERM or SIGINT) stops the child too.
+Stopping it (SIGTERM or SIGINT) stops the children too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 import sys
 import threading
 from collections.abc import Iterable
@@ -29,6 +29,7 @@ from artifacts.store import ArtifactStore
 from node_agent.auth import load_or_create_token
 from node_agent.errors import NodeConfigError
 from node_agent.hardware import probe_hardware
+from node_agent.supervise import Supervisor
 from registry.identity import Identity
 
 __all__ = ["NodeAgent", "NodeOptions", "private_blob_cids"]
@@ -94,7 +95,7 @@ class NodeAgent:
         self.private_cids = private_blob_cids(self.store, self.private.values())
         self.private_cids -= self._shared()
         self._shared_lock = threading.Lock()
-        self._children: list[subprocess.Popen[bytes]] = []
+        self.flows: Supervisor | None = None  # the serving children, once started
         self._stop = threading.Event()
 
     def _load_private(self, items: tuple[tuple[str, Path], ...]) -> dict[str, str]:
@@ -182,29 +183,14 @@ class NodeAgent:
         cmd = [sys.executable, "-m", "node_agent.serve_flows", "--name", self.options.name]
         # Same process group as this node: stopping the group (cluster down) stops them all.
         # One child serves flows with a process per run, one runs the warm (federated) flows.
-        with open(self.home / "flows.log", "ab") as logfile:
-            self._children = [
-                subprocess.Popen(
-                    command,
-                    env=env,
-                    stdout=logfile,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-                for command in (cmd, [*cmd, "--warm"])
-            ]
+        children = {"flows child": cmd, "warm flows child": [*cmd, "--warm"]}
+        self.flows = Supervisor(children, env=env, log_path=self.home / "flows.log")
+        self.flows.start()
 
     def stop_flows(self) -> None:
-        children, self._children = self._children, []
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=10)
+        flows, self.flows = self.flows, None
+        if flows is not None:
+            flows.stop()
 
     # -- run -------------------------------------------------------------------------------------
     def serve(self) -> None:

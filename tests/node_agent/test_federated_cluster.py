@@ -197,6 +197,45 @@ def test_a_coordinator_killed_mid_run_resumes_from_its_last_round(
     assert again["history"] == out["history"]
 
 
+def _warm_child(node_pid: int) -> int | None:
+    """The pid of a node agent's warm flows child (``serve_flows --warm``), if one runs."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == node_pid and b"node_agent.serve_flows" in argv and b"--warm" in argv:
+            return int(proc.name)
+    return None
+
+
+def test_a_dead_warm_client_is_restarted_and_the_node_answers_again(
+    fed_cluster: dict[str, Any],
+) -> None:
+    """Kill a node's warm flows child (as the OOM killer would): the node agent starts it
+    again, and the node takes part in the next federated run."""
+    home = fed_cluster["home"]
+    node = _node_pid(fed_cluster, "node-2")
+    old = _warm_child(node)
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (new := _warm_child(node)) in (None, old):
+        assert time.monotonic() < deadline, "the warm child was not restarted"
+        time.sleep(0.2)
+    log = (home / "logs" / "node-2.log").read_text()
+    assert f"warm flows child exited with code {-signal.SIGKILL}; restarting" in log
+    out = ok(cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "1",
+                 "--seed", "11", "--round-timeout", "120", "--json", timeout=600))  # fmt: skip
+    (row,) = out["history"]
+    assert row["clients"] == 3
+    assert not row["missing"]
+    assert _warm_child(node) == new  # it served the run and is still up
+
+
 def _aggregated_models(store: Any) -> list[str]:
     return [out for rs in receipt_index(store).values() for r in rs
             if r.body["task"] == "fed-aggregate" for out in r.body["outputs"]]  # fmt: skip
