@@ -5,7 +5,8 @@ and seed: a clean run, then client 0 sending `signflip` and `scale:1000`. The pa
 with the seed, so each seed is a different Byzantine client's data. Judged on the mean accuracy
 of the last 5 rounds (single rounds of Krum swing by 10+ points on non-IID data) and on the
 final round, averaged over seeds. ``--min-cosine C`` screens every run's updates by direction,
-``--exclude-after K`` drops a client for good once K of its updates were rejected.
+``--max-norm-ratio R`` by length against the round's median, ``--exclude-after K`` drops a client
+for good once K of its updates were rejected.
 ``--attacks ... silent`` adds runs where client 0 sends nothing: what a perfect defence (one that
 drops the attacker every round) reaches, the floor for the other attacks' drops. ``--tag`` names
 the output file (bench/out/bench_fed_robust[-TAG].json) so runs can go side by side.
@@ -50,6 +51,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--max-norm-ratio", type=float, default=None,
+                   help="Also reject updates longer than R x the round's median.")  # fmt: skip
     p.add_argument("--exclude-after", type=int, default=None,
                    help="Also drop a client once K of its updates were rejected.")  # fmt: skip
     p.add_argument("--attacks", nargs="*", default=ATTACKS[1:],
@@ -64,6 +67,8 @@ def main() -> None:
     )
     args = p.parse_args()
     screen = [] if args.min_cosine is None else ["--min-cosine", str(args.min_cosine)]
+    if args.max_norm_ratio is not None:
+        screen += ["--max-norm-ratio", str(args.max_norm_ratio)]
     if args.exclude_after is not None:
         screen += ["--exclude-after", str(args.exclude_after)]
     suffix = f"-{args.tag}" if args.tag else ""
@@ -107,6 +112,7 @@ def main() -> None:
                          "drop_points_per_seed": per_seed, "rejected": rejected[name]}  # fmt: skip
     write_result("bench_fed_robust" + suffix, {"rounds": args.rounds, "seeds": list(seeds),
                                                "min_cosine": args.min_cosine,
+                                               "max_norm_ratio": args.max_norm_ratio,
                                                "exclude_after": args.exclude_after, "runs": runs,
                                                "summary": summary})  # fmt: skip
     print(

@@ -338,6 +338,9 @@ def infer(
 @click.option("--min-cosine", type=click.FloatRange(-1, 1),
               help="Reject updates whose cosine with the round's coordinate-wise median update "
               "is below this (0 catches sign-flipped updates) [default: off].")  # fmt: skip
+@click.option("--max-norm-ratio", type=click.FloatRange(min=1), metavar="R",
+              help="Reject updates more than R times as long as the round's median update "
+              "(10 catches scaled updates) [default: off].")  # fmt: skip
 @click.option("--exclude-after", type=click.IntRange(min=1), metavar="K",
               help="Leave a client out of later rounds once K of its updates were rejected "
               "(a client that keeps attacking) [default: never].")  # fmt: skip
@@ -353,7 +356,7 @@ def federated(
     byzantine: int, attack: str, dp_epsilon: float | None, dp_delta: float, dp_clip: float,
     dp_level: str, node_clients: tuple[str, ...], round_timeout: float,
     min_clients: int | None, secure: bool, dropout: float, min_cosine: float | None,
-    exclude_after: int | None, plot: Path | None,
+    max_norm_ratio: float | None, exclude_after: int | None, plot: Path | None,
     target: str | None, verbose: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Federated training: clients train where their data is, only updates travel (as
@@ -372,7 +375,7 @@ def federated(
 
     conflict = option_conflict(
         strategy, dp_epsilon=dp_epsilon, dp_level=dp_level, secure=secure, min_cosine=min_cosine,
-        spell=lambda name: "--" + name.replace("_", "-"),
+        max_norm_ratio=max_norm_ratio, spell=lambda name: "--" + name.replace("_", "-"),
     )  # fmt: skip
     if conflict is not None:
         raise click.BadParameter(conflict)
@@ -402,7 +405,7 @@ def federated(
         nodes=nodes,
         api_url=cluster["prefect_api"] if cluster else None, round_timeout=round_timeout,
         min_clients=min_clients, secure=secure, dropout=dropout, min_cosine=min_cosine,
-        exclude_after=exclude_after,
+        max_norm_ratio=max_norm_ratio, exclude_after=exclude_after,
     )  # fmt: skip
     if plot is not None:
         from flows.federated.report import plot_history

@@ -268,12 +268,14 @@ def aggregate_round(
     clients: list[str] | None = None,
     secure: dict[str, Any] | None = None,
     min_cosine: float | None = None,
+    max_norm_ratio: float | None = None,
 ) -> dict[str, Any]:
     """Screen and aggregate the round's updates into the next global model (or a failure).
 
     An update that is not for this round's global model (a late one, say) is rejected first;
-    with ``min_cosine``, so is one pointing away from the round's median update
-    (:func:`~flows.federated.validate.direction_screen`).
+    with ``min_cosine``, so is one pointing away from the round's median update, with
+    ``max_norm_ratio`` one far longer than the round's median update
+    (:func:`~flows.federated.validate.outlier_screen`).
     With ``dp`` (``clip``, ``noise_multiplier``, ``seed``; FedAvg only) the screened updates are
     clipped and averaged with Gaussian noise (:func:`~flows.federated.privacy.private_mean`);
     with ``secure`` (``participants``, ``context``) the masked updates are summed and only the
@@ -317,10 +319,11 @@ def aggregate_round(
         outcome = _secure_round(chosen, weights, fresh, secure)
     else:
         results: list[Any] = [(label, loaded[u], n) for label, u, n in fresh]
-        if min_cosine is not None:
-            from flows.federated.validate import direction_screen
+        if min_cosine is not None or max_norm_ratio is not None:
+            from flows.federated.validate import outlier_screen
 
-            results, away = direction_screen(weights, results, min_cosine)
+            results, away = outlier_screen(weights, results, min_cosine=min_cosine,
+                                           max_norm_ratio=max_norm_ratio)  # fmt: skip
             stale += away
         if dp is not None:
             outcome = _private_round(chosen, weights, results, dp, round)
@@ -471,6 +474,7 @@ def federated_train_fn(
     secure: bool = False,
     dropout: float = 0.0,
     min_cosine: float | None = None,
+    max_norm_ratio: float | None = None,
     exclude_after: int | None = None,
 ) -> dict[str, Any]:
     """The rounds (see the module docstring); returns the final model, history, accuracy.
@@ -482,7 +486,8 @@ def federated_train_fn(
     needed for a round to count. ``dp_epsilon`` with ``dp_level="client"`` adds noise to the
     sum of clipped updates (FedAvg only); with ``"example"`` every client trains by DP-SGD
     (any strategy). ``min_cosine`` rejects updates pointing away from the round's median
-    update (a sign flip, say; not with ``secure``, where updates are masked). ``exclude_after``
+    update (a sign flip, say; not with ``secure``, where updates are masked), ``max_norm_ratio``
+    those longer than that many times the round's median update norm. ``exclude_after``
     leaves a client out of every later round (training and evaluation) once that many of its
     updates were rejected for what they hold (validation or the direction screen; a late or
     missing update is no strike): a Byzantine client that keeps attacking is dropped for good."""
@@ -505,7 +510,8 @@ def federated_train_fn(
     if not 0.0 <= dropout < 1.0 or (nodes and dropout):
         raise FlowError("dropout is a simulated chance in [0, 1)")
     conflict = option_conflict(strategy, dp_epsilon=dp_epsilon, dp_level=dp_level,
-                               secure=secure, min_cosine=min_cosine)  # fmt: skip
+                               secure=secure, min_cosine=min_cosine,
+                               max_norm_ratio=max_norm_ratio)  # fmt: skip
     if conflict is not None:
         raise AggregationError(conflict)
     central_dp = dp_epsilon is not None and dp_level == "client"
@@ -612,7 +618,7 @@ def federated_train_fn(
             counts=[int(got.answers[c]["num_examples"]) for c in answered], round=rnd,
             strategy=strategy, strategy_args=args, server_state=state, dp=dp, clients=answered,
             secure={"participants": answered, "context": context} if secure else None,
-            min_cosine=min_cosine,
+            min_cosine=min_cosine, max_norm_ratio=max_norm_ratio,
         )  # fmt: skip
         if agg["model"] is None:
             raise AggregationError(f"round {rnd} failed: {agg['failure']} (no model published)")

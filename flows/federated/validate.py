@@ -7,11 +7,12 @@ claim would otherwise buy a huge FedAvg weight). :func:`validate_update` returns
 reason an update fails, or ``None``; :func:`screen` splits a round's updates into accepted ones
 and ``(client_id, reason)`` rejections, which strategies put in their result.
 
-:func:`direction_screen` is an optional check across the round (off unless asked): an update
-whose direction disagrees with the coordinate-wise median of the round's updates (cosine below
-``min_cosine``) is rejected. A sign-flipped update has the norm of an honest one, so the norm
-bound cannot see it, and on non-IID data it drags the median itself; its cosine with the
-median update is negative where honest clients' are positive (bench/RESULTS.md, section 10).
+:func:`outlier_screen` checks each update against the round's others (off unless asked): by
+direction, an update whose cosine with the coordinate-wise median of the round's updates is
+below ``min_cosine`` is rejected (a sign-flipped update has the norm of an honest one, so the
+norm bound cannot see it, and on non-IID data it drags the median itself); by length, one
+longer than ``max_norm_ratio`` times the round's median update norm (a scaled update, without
+an absolute bound to tune for each model). See bench/RESULTS.md, section 10.
 
 A bad *global* model, or bad bounds, is the coordinator's fault, not a client's: those raise
 :class:`~flows.errors.AggregationError`.
@@ -30,7 +31,7 @@ from flows.errors import AggregationError
 from flows.federated.aggregate import Array
 
 __all__ = [
-    "SELECTING_RULES", "ClientUpdate", "check_limits", "direction_screen", "option_conflict",
+    "SELECTING_RULES", "ClientUpdate", "check_limits", "option_conflict", "outlier_screen",
     "screen", "update_norm", "validate_update",
 ]  # fmt: skip
 
@@ -197,23 +198,35 @@ def screen(
     return accepted, rejected
 
 
-def direction_screen(
+def _threshold(value: float | None, name: str, low: float, high: float) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (low <= float(value) <= high)
+    ):
+        raise AggregationError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
+def outlier_screen(
     global_weights: Mapping[str, Array],
     results: Sequence[tuple[str, Mapping[str, Array], int]],
-    min_cosine: float,
+    *,
+    min_cosine: float | None = None,
+    max_norm_ratio: float | None = None,
 ) -> tuple[list[tuple[str, Mapping[str, Array], int]], list[tuple[str, str]]]:
     """Split results into kept ones and ``(client_id, reason)`` for updates ``Δ_k = w_k − w``
-    whose cosine with the coordinate-wise median of the round's ``Δ`` is below ``min_cosine``.
+    that stand out from the round's others: with ``min_cosine``, whose cosine with the
+    coordinate-wise median of the round's ``Δ`` is below it (a sign flip has an honest norm but
+    points away); with ``max_norm_ratio``, whose norm is more than that many times the median
+    of the round's update norms (a scaled update, caught without an absolute bound to tune).
 
     Only well-formed updates take part (the others are kept here, for :func:`screen` to reject
     with its reason); with fewer than three there is no meaningful median and nothing is
-    rejected, nor when the median update is zero."""
-    if (
-        isinstance(min_cosine, bool)
-        or not isinstance(min_cosine, numbers.Real)
-        or not (-1.0 <= float(min_cosine) <= 1.0)
-    ):
-        raise AggregationError(f"min_cosine must be a number in [-1, 1], got {min_cosine!r}")
+    rejected, nor by direction when the median update is zero."""
+    _threshold(min_cosine, "min_cosine", -1.0, 1.0)
+    _threshold(max_norm_ratio, "max_norm_ratio", 1.0, math.inf)
     _check_global(global_weights)
     names = sorted(global_weights)
     deltas: dict[int, Array] = {}
@@ -225,22 +238,26 @@ def direction_screen(
             ])  # fmt: skip
     if len(deltas) < 3:
         return list(results), []
+    norms = {i: float(np.linalg.norm(d)) for i, d in deltas.items()}
+    median_norm = float(np.median(list(norms.values())))
     reference = np.median(np.stack(list(deltas.values())), axis=0)
     ref_norm = float(np.linalg.norm(reference))
-    if ref_norm == 0.0:
-        return list(results), []
     kept, rejected = [], []
     for i, item in enumerate(results):
-        delta = deltas.get(i)
-        norm = float(np.linalg.norm(delta)) if delta is not None else 0.0
-        cosine = float(delta @ reference) / (norm * ref_norm) if delta is not None and norm else 1.0
-        if cosine < min_cosine:
-            why = (
-                f"points away from the round's median update (cosine {cosine:.3f} < {min_cosine:g})"
-            )
-            rejected.append((str(item[0]), why))
-        else:
+        why = None
+        delta, norm = deltas.get(i), norms.get(i, 0.0)
+        if max_norm_ratio is not None and norm > max_norm_ratio * median_norm:
+            why = (f"update norm {norm:.4g} is more than {max_norm_ratio:g}x the round's median "
+                   f"norm {median_norm:.4g}")  # fmt: skip
+        elif min_cosine is not None and delta is not None and norm and ref_norm:
+            cosine = float(delta @ reference) / (norm * ref_norm)
+            if cosine < min_cosine:
+                why = (f"points away from the round's median update (cosine {cosine:.3f} < "
+                       f"{min_cosine:g})")  # fmt: skip
+        if why is None:
             kept.append(item)
+        else:
+            rejected.append((str(item[0]), why))
     return kept, rejected
 
 
@@ -251,6 +268,7 @@ def option_conflict(
     dp_level: str,
     secure: bool,
     min_cosine: float | None,
+    max_norm_ratio: float | None = None,
     spell: Callable[[str], str] = str,
 ) -> str | None:
     """Why these federated-training options cannot go together, or ``None``. ``spell`` writes
@@ -266,13 +284,15 @@ def option_conflict(
     if secure and (strategy != "fedavg" or client_level):
         return (f"{spell('secure')} is offered with {spell('strategy')} fedavg (and DP only at "
                 f"{spell('dp_level')} example)")  # fmt: skip
-    if min_cosine is None:
-        return None
-    if secure:
-        return f"{spell('min_cosine')} needs updates in the clear: not with {spell('secure')}"
-    if not -1.0 <= min_cosine <= 1.0:
-        return f"{spell('min_cosine')} must be in [-1, 1], got {min_cosine}"
-    if strategy in SELECTING_RULES:
-        return (f"{spell('min_cosine')} is for mean and median rules: Krum selects updates itself "
-                "and needs more than 2f + 2 of them, which screening would cut")  # fmt: skip
+    for name, value, low, high in (("min_cosine", min_cosine, -1.0, 1.0),
+                                   ("max_norm_ratio", max_norm_ratio, 1.0, math.inf)):  # fmt: skip
+        if value is None:
+            continue
+        if secure:
+            return f"{spell(name)} needs updates in the clear: not with {spell('secure')}"
+        if not low <= value <= high:
+            return f"{spell(name)} must be in [{low:g}, {high:g}], got {value}"
+        if strategy in SELECTING_RULES:
+            return (f"{spell(name)} is for mean and median rules: Krum selects updates itself "
+                    "and needs more than 2f + 2 of them, which screening would cut")  # fmt: skip
     return None

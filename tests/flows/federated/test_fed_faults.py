@@ -495,12 +495,20 @@ def test_a_silent_byzantine_client_is_missing_from_every_round(fed: Fed) -> None
     assert set(out["history"][-1]["client_accuracy"]) == set(HONEST)
 
 
-def test_a_client_rejected_k_times_is_excluded_from_later_rounds(fed: Fed) -> None:
-    """``exclude_after=2``: client-0 sends ×1000 updates, the norm bound rejects them in rounds
-    1 and 2, and from round 3 on it gets no work at all (no update, no final evaluation)."""
+@pytest.mark.parametrize(
+    "screen",
+    [{"strategy_args": {"norm_bound": 50.0}}, {"max_norm_ratio": 10.0}],
+    ids=["norm-bound", "norm-ratio"],
+)
+def test_a_client_rejected_k_times_is_excluded_from_later_rounds(
+    fed: Fed, screen: dict[str, Any]
+) -> None:
+    """``exclude_after=2``: client-0 sends ×1000 updates, the norm bound (or the screen against
+    the round's median norm) rejects them in rounds 1 and 2, and from round 3 on it gets no work
+    at all (no update, no final evaluation)."""
     common: dict[str, Any] = {"dataset": fed.dataset, "clients": 3, "partition": "iid",
                               "model": "mlp", "model_kwargs": MODEL_KWARGS, "seed": 1,
-                              "strategy_args": {"norm_bound": 50.0}}  # fmt: skip
+                              **screen}  # fmt: skip
     out = federated_train(**common, rounds=4, byzantine=1, attack="scale:1000", exclude_after=2)
     rows, chain = out["history"], _chain(fed, out["model"])
     assert [r["rejected"] for r in rows] == [1, 1, 0, 0]

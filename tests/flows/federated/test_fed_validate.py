@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from flows.errors import AggregationError
 from flows.federated.validate import (
     ClientUpdate,
-    direction_screen,
+    outlier_screen,
     screen,
     update_norm,
     validate_update,
@@ -213,7 +213,7 @@ def _shifted(w: list[float], b: list[float]) -> dict[str, np.ndarray]:
             "n": np.array(0, np.int64)}  # fmt: skip
 
 
-def test_direction_screen_rejects_an_update_pointing_away_from_the_median() -> None:
+def test_outlier_screen_by_direction_rejects_an_update_pointing_away_from_the_median() -> None:
     honest = [
         _shifted([1, 1, 0, 0], [0.5, 0]),
         _shifted([1, 0.5, 0.2, 0], [0.4, 0.1]),
@@ -222,7 +222,7 @@ def test_direction_screen_rejects_an_update_pointing_away_from_the_median() -> N
     ]
     flipped = {k: np.asarray(-v) for k, v in honest[0].items()}  # an honest update, sign-flipped
     results = [(f"c{i}", u, 10) for i, u in enumerate(honest)] + [("flip", flipped, 10)]
-    kept, rejected = direction_screen(GLOBAL, results, 0.0)
+    kept, rejected = outlier_screen(GLOBAL, results, min_cosine=0.0)
     assert [c for c, _, _ in kept] == ["c0", "c1", "c2", "c3"]
     assert len(rejected) == 1
     client, reason = rejected[0]
@@ -230,25 +230,57 @@ def test_direction_screen_rejects_an_update_pointing_away_from_the_median() -> N
     assert reason.startswith("points away from the round's median update (cosine -0.")
     # the same update scaled x1000 points the right way: the direction screen keeps it
     scaled = {k: np.asarray(1000 * v) for k, v in honest[1].items()}
-    kept, rejected = direction_screen(GLOBAL, [*results[:4], ("big", scaled, 10)], 0.0)
+    kept, rejected = outlier_screen(GLOBAL, [*results[:4], ("big", scaled, 10)], min_cosine=0.0)
     assert not rejected
     # a stricter threshold also drops the honest update least aligned with the median
-    _, strict = direction_screen(GLOBAL, results, 0.9)
+    _, strict = outlier_screen(GLOBAL, results, min_cosine=0.9)
     assert {c for c, _ in strict} >= {"flip", "c3"}
 
 
-def test_direction_screen_needs_three_well_formed_updates_and_a_good_threshold() -> None:
+def test_outlier_screen_by_direction_needs_three_well_formed_updates_and_a_good_threshold() -> None:
     up, down = _shifted([1, 1, 0, 0], [0, 0]), _shifted([-1, -1, 0, 0], [0, 0])
-    kept, rejected = direction_screen(GLOBAL, [("a", up, 1), ("b", down, 1)], 0.0)
+    kept, rejected = outlier_screen(GLOBAL, [("a", up, 1), ("b", down, 1)], min_cosine=0.0)
     assert len(kept) == 2 and not rejected  # noqa: PT018 - two updates: no median to trust
     broken = {"w": np.full((2, 2), np.nan, f32), "b": np.zeros(2, f32), "n": np.array(0)}
-    kept, rejected = direction_screen(
-        GLOBAL, [("a", up, 1), ("b", up, 1), ("x", broken, 1), ("c", down, 1)], 0.0
+    kept, rejected = outlier_screen(
+        GLOBAL, [("a", up, 1), ("b", up, 1), ("x", broken, 1), ("c", down, 1)], min_cosine=0.0
     )
     assert [c for c, _, _ in kept] == ["a", "b", "x"]  # the NaN one is left for screen()
     assert [c for c, _ in rejected] == ["c"]
     zero = [(c, good(), 1) for c in "abc"]  # a zero median update: nothing to compare with
-    assert direction_screen(GLOBAL, zero, 0.0) == (zero, [])
+    assert outlier_screen(GLOBAL, zero, min_cosine=0.0) == (zero, [])
     for bad in (1.5, -2, math.nan, True, "0"):
         with pytest.raises(AggregationError, match="min_cosine"):
-            direction_screen(GLOBAL, zero, bad)  # type: ignore[arg-type]
+            outlier_screen(GLOBAL, zero, min_cosine=bad)  # type: ignore[arg-type]
+
+
+def test_outlier_screen_by_norm_rejects_an_update_far_longer_than_the_median() -> None:
+    honest = [
+        _shifted([1, 1, 0, 0], [0.5, 0]),
+        _shifted([1, 0.5, 0.2, 0], [0.4, 0.1]),
+        _shifted([0.8, 1.2, 0, 0.1], [0.6, 0]),
+        _shifted([0.2, 1, 0.1, 0], [0.1, 0]),
+    ]
+    results = [(f"c{i}", u, 10) for i, u in enumerate(honest)]
+    median = sorted(update_norm(GLOBAL, u) for u in honest)[2]  # the big one is the 5th
+    for factor, caught in ((1000.0, True), (-50.0, True), (3.0, False)):
+        big = {k: np.asarray(factor * v, v.dtype) for k, v in honest[1].items()}
+        kept, rejected = outlier_screen(GLOBAL, [*results, ("big", big, 10)], max_norm_ratio=10)
+        assert [c for c, _ in rejected] == (["big"] if caught else [])
+        assert len(kept) == 5 - caught
+        if caught:
+            norm = update_norm(GLOBAL, big)
+            assert rejected[0][1] == (f"update norm {norm:.4g} is more than 10x the round's "
+                                      f"median norm {median:.4g}")  # fmt: skip
+    # Both screens at once: the flip by direction, the long one by norm.
+    flipped = {k: np.asarray(-v) for k, v in honest[0].items()}
+    big = {k: np.asarray(1000 * v) for k, v in honest[1].items()}
+    _, rejected = outlier_screen(GLOBAL, [*results, ("flip", flipped, 10), ("big", big, 10)],
+                                 min_cosine=0.0, max_norm_ratio=10)  # fmt: skip
+    assert [c for c, _ in rejected] == ["flip", "big"]
+    assert rejected[1][1].startswith("update norm")
+    # Two updates: no median to trust; ratios below 1 would reject honest updates.
+    assert outlier_screen(GLOBAL, results[:2], max_norm_ratio=1) == (results[:2], [])
+    for bad in (0.5, math.nan, True, "10"):
+        with pytest.raises(AggregationError, match="max_norm_ratio"):
+            outlier_screen(GLOBAL, results, max_norm_ratio=bad)  # type: ignore[arg-type]
