@@ -308,7 +308,8 @@ def infer(
 @click.option("--byzantine", type=click.IntRange(min=0), default=0, show_default=True,
               help="Simulation: clients that send --attack, not honest updates.")  # fmt: skip
 @click.option("--attack", default="scale:1000", show_default=True,
-              help="What Byzantine clients send: scale:K, signflip or silent.")  # fmt: skip
+              help="What Byzantine clients send: scale:K, signflip or silent (KIND@R: from "
+              "round R on).")  # fmt: skip
 @click.option("--dp-epsilon", type=click.FloatRange(min=0, min_open=True),
               help="Differential privacy: the epsilon to spend (see --dp-level).")  # fmt: skip
 @click.option("--dp-delta", type=click.FloatRange(0, 1, min_open=True, max_open=True),

@@ -11,7 +11,7 @@ import numpy as np
 
 from flows.errors import FlowError
 
-__all__ = ["SILENT", "apply_attack", "attack_factor", "check_attack"]
+__all__ = ["SILENT", "active_attack", "apply_attack", "attack_factor", "check_attack"]
 
 Weights = dict[str, np.ndarray[Any, Any]]
 
@@ -20,10 +20,29 @@ SILENT = "silent"
 would achieve (the attacker's data is simply lost), so the floor for the other attacks."""
 
 
+def _split(attack: str) -> tuple[str, int]:
+    """``KIND[@R]`` → ``(KIND, R)``: R is the first round attacked (default 1)."""
+    kind, at, start = attack.partition("@")
+    if not at:
+        return kind, 1
+    if not start.isdigit() or int(start) < 1:
+        raise FlowError(f"attack {attack!r}: KIND@R needs a round R >= 1")
+    return kind, int(start)
+
+
 def check_attack(attack: str) -> None:
-    """Raise :class:`FlowError` unless ``attack`` is ``scale:K``, ``signflip`` or ``silent``."""
-    if attack != SILENT:
-        attack_factor(attack)
+    """Raise :class:`FlowError` unless ``attack`` is ``KIND`` or ``KIND@R`` with KIND one of
+    ``scale:K``, ``signflip`` or ``silent`` (``@R``: honest until round R, then attacking: an
+    attacker that first earns trust)."""
+    kind, _ = _split(attack)
+    if kind != SILENT:
+        attack_factor(kind)
+
+
+def active_attack(attack: str, round: int) -> str | None:
+    """The attack a Byzantine client makes in ``round`` (its KIND), or ``None`` before R."""
+    kind, first = _split(attack)
+    return kind if round >= first else None
 
 
 def attack_factor(attack: str) -> float:

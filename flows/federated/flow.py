@@ -40,7 +40,7 @@ from prefect import flow
 from artifacts.errors import ArtifactError, InvalidCIDError
 from flows.cache import MODEL_CODE_MODULES
 from flows.errors import AggregationError, FlowError, one_line
-from flows.federated.attacks import SILENT, apply_attack, check_attack
+from flows.federated.attacks import SILENT, active_attack, apply_attack, check_attack
 from flows.federated.client import state_to_weights
 from flows.federated.validate import option_conflict
 from flows.tasks import cid_task, current_runtime
@@ -489,7 +489,7 @@ def federated_train_fn(
     update (a sign flip, say; not with ``secure``, where updates are masked), ``max_norm_ratio``
     those longer than that many times the round's median update norm. ``exclude_after``
     leaves a client out of every later round (training and evaluation) once that many of its
-    updates were rejected for what they hold (validation or the direction screen; a late or
+    updates were rejected for what they hold (validation or the outlier screens; a late or
     missing update is no strike): a Byzantine client that keeps attacking is dropped for good."""
     from prefect.logging import get_run_logger
 
@@ -578,8 +578,8 @@ def federated_train_fn(
                     "epochs": epochs, "lr": lr, "batch_size": batch_size,
                     "seed": seed * 100_003 + rnd * 1_009 + k, "proximal_mu": mu,
                 }  # fmt: skip
-                if k < byzantine:
-                    extra["attack"] = attack
+                if k < byzantine and (kind := active_attack(attack, rnd)):
+                    extra["attack"] = kind
                 if client_dp is not None:
                     extra["dp"] = client_dp
                 if secure:

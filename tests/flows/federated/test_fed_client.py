@@ -94,6 +94,16 @@ def test_byzantine_attacks_transform_the_update_only() -> None:
     check_attack("silent")
     with pytest.raises(FlowError, match="scale:K needs a number K"):
         check_attack("scale:x")
-    for bad in ("poison", "silent:1"):
+    for bad in ("poison", "silent:1", "poison@3"):
         with pytest.raises(FlowError, match="expected scale:K, signflip or silent"):
             check_attack(bad)
+    for bad in ("signflip@0", "signflip@x", "signflip@", "silent@-1"):
+        with pytest.raises(FlowError, match="KIND@R needs a round R >= 1"):
+            check_attack(bad)
+    from flows.federated.attacks import active_attack
+
+    check_attack("scale:1000@3")
+    assert [active_attack("scale:1000@3", r) for r in (1, 2, 3, 4)] == [
+        None, None, "scale:1000", "scale:1000"]  # fmt: skip
+    assert active_attack("signflip", 1) == "signflip"
+    assert active_attack("silent@2", 2) == "silent"

@@ -524,6 +524,29 @@ def test_a_client_rejected_k_times_is_excluded_from_later_rounds(
     assert [r["rejected"] for r in clean["history"]] == [0, 0]
 
 
+def test_an_attacker_that_starts_late_is_honest_until_then_and_excluded_once_caught(
+    fed: Fed,
+) -> None:
+    """``scale:1000@2``: client-0 is honest in round 1 (its update is kept, with no attack on
+    record), attacks from round 2, is rejected there by the length screen and, with
+    ``exclude_after=1``, left out of round 3."""
+    out = federated_train(dataset=fed.dataset, clients=3, partition="iid", rounds=3,
+                          model="mlp", model_kwargs=MODEL_KWARGS, seed=1, byzantine=1,
+                          attack="scale:1000@2", max_norm_ratio=10.0,
+                          exclude_after=1)  # fmt: skip
+    rows, chain = out["history"], _chain(fed, out["model"])
+    assert [r["rejected"] for r in rows] == [0, 1, 0]
+    assert [r["clients"] for r in rows] == [3, 3, 2]
+    assert [r["excluded"] for r in rows] == [[], ["client-0"], ["client-0"]]
+    attacks = [{fed.store.open_artifact(u).attrs[FED_ATTR]["data"]:
+                fed.store.open_artifact(u).attrs[FED_ATTR].get("attack") for u in info["updates"]}
+               for info in chain]  # fmt: skip
+    first = out["clients"][0]
+    assert attacks[0][first] is None  # round 1: honest
+    assert attacks[1][first] == "scale:1000"
+    assert first not in attacks[2]
+
+
 def test_exclude_after_must_be_positive(fed: Fed) -> None:
     # (Exclusions alone never leave a round short: a round that strikes a client had enough
     # accepted updates without it, and those clients stay.)
