@@ -97,12 +97,13 @@ def _flow_env(ctx: click.Context, verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
 
 
-def _kwargs(items: tuple[str, ...]) -> dict[str, Any]:
+def _kwargs(items: tuple[str, ...], flag: str = "--model-kwarg") -> dict[str, Any]:
+    """``KEY=VALUE`` options as a dict, each VALUE read as JSON where it is JSON."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-kwarg {item!r} is not KEY=VALUE")
+            raise click.BadParameter(f"{flag} {item!r} is not KEY=VALUE")
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -388,6 +389,7 @@ def federated(
         check_attack(attack)
     if plot is not None and plot.suffix.lower() != ".png":
         raise click.BadParameter(f"--plot {plot}: the file name must end in .png")
+    strategy_kwargs = _kwargs(strategy_args, "--strategy-arg")  # before Prefect starts
     nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)
     cid, _ = _resolve(ctx, dataset, target)
     _flow_env(ctx, verbose)
@@ -401,7 +403,7 @@ def federated(
     result: dict[str, Any] = federated_train(
         dataset=cid, clients=clients, partition=partition, rounds=rounds, strategy=strategy,
         model=model, seed=seed, epochs=epochs, lr=lr,
-        strategy_args=_kwargs(strategy_args) or None, byzantine=byzantine, attack=attack,
+        strategy_args=strategy_kwargs or None, byzantine=byzantine, attack=attack,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, dp_level=dp_level,
         nodes=nodes,
         api_url=cluster["prefect_api"] if cluster else None, round_timeout=round_timeout,

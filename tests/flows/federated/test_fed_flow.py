@@ -112,6 +112,7 @@ def test_server_optimiser_strategy_and_bad_input(tmp_path: Path) -> None:
         (["--strategy", "krum", "--min-cosine", "0"], "--min-cosine is for mean and median"),
         (["--partition", "dirichlet:-1"], "ALPHA must be a positive number"),
         (["--exclude-after", "0"], "0 is not in the range x>=1"),
+        (["--strategy-arg", "beta"], "--strategy-arg 'beta' is not KEY=VALUE"),
         (["--max-norm-ratio", "0.5"], "0.5 is not in the range x>=1"),
         (["--strategy", "krum", "--max-norm-ratio", "10"], "--max-norm-ratio is for mean and"),
         (["--secure", "--max-norm-ratio", "10"], "--max-norm-ratio needs updates in the clear"),
