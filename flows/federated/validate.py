@@ -224,7 +224,8 @@ def outlier_screen(
 
     Only well-formed updates take part (the others are kept here, for :func:`screen` to reject
     with its reason); with fewer than three there is no meaningful median and nothing is
-    rejected, nor by direction when the median update is zero."""
+    rejected, nor by direction when the median update is zero, nor by length when the median
+    norm is."""
     _threshold(min_cosine, "min_cosine", -1.0, 1.0)
     _threshold(max_norm_ratio, "max_norm_ratio", 1.0, math.inf)
     _check_global(global_weights)
@@ -246,7 +247,7 @@ def outlier_screen(
     for i, item in enumerate(results):
         why = None
         delta, norm = deltas.get(i), norms.get(i, 0.0)
-        if max_norm_ratio is not None and norm > max_norm_ratio * median_norm:
+        if max_norm_ratio is not None and median_norm and norm > max_norm_ratio * median_norm:
             why = (f"update norm {norm:.4g} is more than {max_norm_ratio:g}x the round's median "
                    f"norm {median_norm:.4g}")  # fmt: skip
         elif min_cosine is not None and delta is not None and norm and ref_norm:

@@ -279,6 +279,9 @@ def test_outlier_screen_by_norm_rejects_an_update_far_longer_than_the_median() -
                                  min_cosine=0.0, max_norm_ratio=10)  # fmt: skip
     assert [c for c, _ in rejected] == ["flip", "big"]
     assert rejected[1][1].startswith("update norm")
+    # Most updates zero: no length to compare with, nothing rejected by length.
+    zeros = [(c, good(), 1) for c in "abc"] + [("d", good(0.5), 1)]
+    assert outlier_screen(GLOBAL, zeros, max_norm_ratio=10) == (zeros, [])
     # Two updates: no median to trust; ratios below 1 would reject honest updates.
     assert outlier_screen(GLOBAL, results[:2], max_norm_ratio=1) == (results[:2], [])
     for bad in (0.5, math.nan, True, "10"):
