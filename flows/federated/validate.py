@@ -36,8 +36,10 @@ __all__ = [
 ]  # fmt: skip
 
 #: Strategies that select updates themselves (and need more than 2f + 2 of them): no
-#: direction screen in front of them.
+#: outlier screen in front of them.
 SELECTING_RULES = ("krum", "multikrum")
+#: The outlier screens' thresholds and the closed range each may take.
+SCREEN_BOUNDS = {"min_cosine": (-1.0, 1.0), "max_norm_ratio": (1.0, math.inf)}
 
 
 class ClientUpdate(NamedTuple):
@@ -198,9 +200,10 @@ def screen(
     return accepted, rejected
 
 
-def _threshold(value: float | None, name: str, low: float, high: float) -> None:
+def _threshold(name: str, value: float | None) -> None:
     if value is None:
         return
+    low, high = SCREEN_BOUNDS[name]
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
@@ -226,8 +229,8 @@ def outlier_screen(
     with its reason); with fewer than three there is no meaningful median and nothing is
     rejected, nor by direction when the median update is zero, nor by length when the median
     norm is."""
-    _threshold(min_cosine, "min_cosine", -1.0, 1.0)
-    _threshold(max_norm_ratio, "max_norm_ratio", 1.0, math.inf)
+    _threshold("min_cosine", min_cosine)
+    _threshold("max_norm_ratio", max_norm_ratio)
     _check_global(global_weights)
     names = sorted(global_weights)
     deltas: dict[int, Array] = {}
@@ -285,10 +288,10 @@ def option_conflict(
     if secure and (strategy != "fedavg" or client_level):
         return (f"{spell('secure')} is offered with {spell('strategy')} fedavg (and DP only at "
                 f"{spell('dp_level')} example)")  # fmt: skip
-    for name, value, low, high in (("min_cosine", min_cosine, -1.0, 1.0),
-                                   ("max_norm_ratio", max_norm_ratio, 1.0, math.inf)):  # fmt: skip
+    for name, value in (("min_cosine", min_cosine), ("max_norm_ratio", max_norm_ratio)):
         if value is None:
             continue
+        low, high = SCREEN_BOUNDS[name]
         if secure:
             return f"{spell(name)} needs updates in the clear: not with {spell('secure')}"
         if not low <= value <= high:
