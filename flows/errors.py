@@ -61,3 +61,13 @@ def one_line(exc: BaseException) -> str:
     errors that wrap another library's exception."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+class RunRequestError(FlowError, PermissionError):
+    """A node refused to start a run: no signed run request, a signer not on the operator's
+    allow-list, a request for other parameters, expired or already used (a replay)."""
+
+
+class PrivateDataError(FlowError, PermissionError):
+    """A private dataset that this node does not hold, or whose owner's policy forbids this
+    use: both say the same, so the error tells nothing about what the node holds."""
