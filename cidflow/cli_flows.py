@@ -158,10 +158,15 @@ def _run_flow(
 
 
 def _cluster(ctx: click.Context) -> dict[str, Any] | None:
+    """The home's cluster record, with this process's Prefect client pointed at the cluster's
+    API and credentials (``None``: the home is not on a cluster)."""
     from cidflow.cli import _home
-    from node_agent.cluster import load_cluster
+    from node_agent.cluster import load_cluster, use_cluster_prefect
 
-    return load_cluster(_home(ctx))
+    doc = load_cluster(_home(ctx))
+    if doc is not None:
+        use_cluster_prefect(doc)
+    return doc
 
 
 def _node_option(fn: Any) -> Any:
@@ -393,11 +398,7 @@ def federated(
     nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)
     cid, _ = _resolve(ctx, dataset, target)
     _flow_env(ctx, verbose)
-    cluster = _cluster(ctx) if nodes else None
-    if cluster is not None:  # the coordinator's flow runs on the cluster's Prefect server
-        import os
-
-        os.environ["PREFECT_API_URL"] = str(cluster["prefect_api"])
+    cluster = _cluster(ctx) if nodes else None  # the coordinator's flow runs on its server
     from flows.federated.flow import federated_train
 
     result: dict[str, Any] = federated_train(

@@ -33,6 +33,18 @@ def _private(items: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
     return tuple(out)
 
 
+def _policies(items: tuple[str, ...], private: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``--policy NAME=POLICY`` pairs; ``--policy POLICY`` applies to every ``--private``."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, policy = item.rpartition("=")
+        if sep and not name:
+            raise click.BadParameter(f"--policy {item!r} is not [NAME=]POLICY")
+        for target in [name] if sep else [p.partition("=")[0] for p in private]:
+            out[target] = policy
+    return tuple(out.items())
+
+
 @cli.group("node")
 def node_group() -> None:
     """Run this machine as a node agent: lend disk and compute to the network."""
@@ -47,8 +59,18 @@ def node_group() -> None:
 @click.option("--max-blob", help="Largest single upload accepted (default 128MiB).")
 @click.option("--private", "private", multiple=True, metavar="NAME=PATH",
               help="A private dataset: used by flows on this node only, never served.")  # fmt: skip
+@click.option("--policy", "policies", multiple=True, metavar="[NAME=]POLICY",
+              help="What may leave a private dataset: model (weights, aggregate metrics; the "
+              "default), aggregate (federated updates only) or rows (anything). POLICY alone "
+              "applies to every --private of this start.")  # fmt: skip
 @click.option("--registry", help="Registry to announce to (URL or SQLite path).")
 @click.option("--prefect-api", help="Prefect API URL: serve the node-side flows there.")
+@click.option("--prefect-auth-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A 0600 file holding the Prefect API's USER:PASSWORD (or set "
+              "PREFECT_API_AUTH_STRING).")  # fmt: skip
+@click.option("--allow-coordinator", "coordinators", multiple=True, metavar="KEY",
+              help="A coordinator's public key whose signed run requests this node "
+              "accepts (repeat; none: the node runs no flows).")  # fmt: skip
 @click.option("--heartbeat", type=float, default=60.0, show_default=True,
               help="Seconds between re-announcements.")  # fmt: skip
 @click.option("--marker", hidden=True, help="Set by 'cluster up' to recognise its processes.")
@@ -56,7 +78,9 @@ def node_group() -> None:
 def node_start(
     ctx: click.Context, name: str, node_home: str | None, host: str | None, port: int | None,
     capacity: str | None, max_blob: str | None, private: tuple[str, ...],
-    registry: str | None, prefect_api: str | None, heartbeat: float, marker: str | None,
+    policies: tuple[str, ...], registry: str | None, prefect_api: str | None,
+    prefect_auth_file: Path | None, coordinators: tuple[str, ...], heartbeat: float,
+    marker: str | None,
 ) -> None:  # fmt: skip
     """Serve blobs over HTTP, announce to the registry, run flows (until Ctrl-C / SIGTERM).
 
@@ -71,8 +95,10 @@ def node_start(
         name=name, home=home, host=host or settings.host, port=port or settings.port,
         capacity=parse_size(capacity) if capacity else settings.capacity,
         max_blob=parse_size(max_blob) if max_blob else settings.max_blob,
-        private=_private(private), registry=registry, prefect_api=prefect_api,
-        heartbeat=heartbeat, allowed_hosts=tuple(settings.allowed_hosts),
+        private=_private(private), policies=_policies(policies, private), registry=registry,
+        prefect_api=prefect_api, heartbeat=heartbeat, allowed_hosts=tuple(settings.allowed_hosts),
+        prefect_auth_file=prefect_auth_file.expanduser().absolute() if prefect_auth_file else None,
+        allowed_coordinators=coordinators,
     )  # fmt: skip
     agent = NodeAgent(options)
     click.echo(f"node {name} ({agent.identity.id}) serving {options.url}", err=True)
@@ -101,11 +127,14 @@ def cluster_group() -> None:
 @click.option("--capacity", help="Per-node capacity (e.g. 2GiB).")
 @click.option("--private", "private", multiple=True, metavar="NODE:NAME=PATH",
               help="A private dataset held by one node.")  # fmt: skip
+@click.option("--policy", "policies", multiple=True, metavar="NODE:NAME=POLICY",
+              help="A private dataset's output policy: model (default), aggregate or "
+              "rows.")  # fmt: skip
 @json_option
 @click.pass_context
 def cluster_up_cmd(
     ctx: click.Context, nodes: int, cluster_home: str | None, replication: int,
-    capacity: str | None, private: tuple[str, ...], as_json: bool,
+    capacity: str | None, private: tuple[str, ...], policies: tuple[str, ...], as_json: bool,
 ) -> None:  # fmt: skip
     """Start the cluster in the background; later commands with this home use it."""
     from node_agent.cluster import cluster_up
@@ -118,9 +147,16 @@ def cluster_up_cmd(
             raise click.BadParameter(f"--private {item!r} is not NODE:NAME=PATH")
         name, _, path = rest.partition("=")
         per_node.setdefault(node, []).append(f"{name}={Path(path).expanduser().absolute()}")
+    per_node_policy: dict[str, list[str]] = {}
+    for item in policies:
+        node, sep, rest = item.partition(":")
+        if not sep or "=" not in rest:
+            raise click.BadParameter(f"--policy {item!r} is not NODE:NAME=POLICY")
+        per_node_policy.setdefault(node, []).append(rest)
     out = cluster_up(
         home, nodes, replication=replication,
         capacity=parse_size(capacity) if capacity else None, private=per_node,
+        policies=per_node_policy,
     )  # fmt: skip
     if as_json:
         _emit_json(out)

@@ -1,9 +1,10 @@
 """Lineage: the graph of receipts from an artifact back to its source data.
 
 Every receipt names the CIDs a task read and wrote. :func:`lineage` finds the receipt that
-produced a CID (newest first if several did), then the receipts that produced its inputs, and
-so on, as a tree; each receipt is verified on the way (a tampered one stops the walk with
-:class:`~flows.errors.ReceiptError`).
+produced a CID (the one this home recorded last if several did: the order of its receipt
+journal, never the times a receipt claims, which its signer chose), then the receipts that
+produced its inputs, and so on, as a tree; each receipt is verified on the way (a tampered
+one stops the walk with :class:`~flows.errors.ReceiptError`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from typing import Any
 
 from artifacts.store import ArtifactStore
 from flows.errors import ReceiptError
-from flows.receipts import Receipt, load_receipt
+from flows.receipts import Receipt, load_receipt, parse_time, recorded_order
 
 __all__ = ["lineage", "receipt_index", "to_dot"]
 
 
 def receipt_index(store: ArtifactStore) -> dict[str, list[Receipt]]:
-    """Output CID → the receipts that produced it (newest first). Records that are not
-    receipts are skipped; receipts that do not verify raise."""
+    """Output CID → the receipts that produced it (recorded last first; receipts this home
+    never recorded after them, by their claimed end time but never later than when they were
+    stored here). Records that are not receipts are skipped; receipts that do not verify
+    raise."""
     index: dict[str, list[Receipt]] = {}
     for cid in store.records():
         try:
@@ -30,8 +33,21 @@ def receipt_index(store: ArtifactStore) -> dict[str, list[Receipt]]:
             raise
         for out in receipt.outputs:
             index.setdefault(out, []).append(receipt)
+    order = recorded_order(store)
+
+    def key(r: Receipt) -> tuple[int, float, str]:
+        pos = order.get(str(r.cid))
+        if pos is not None:
+            return (1, float(pos), str(r.cid))
+        stored = store.blobs.stat(r.cid).mtime
+        try:
+            claimed = parse_time(r.body["ended"])
+        except ValueError:
+            claimed = 0.0
+        return (0, min(claimed, stored), str(r.cid))
+
     for receipts in index.values():
-        receipts.sort(key=lambda r: (r.body["ended"], str(r.cid)), reverse=True)
+        receipts.sort(key=key, reverse=True)
     return index
 
 

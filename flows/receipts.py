@@ -9,6 +9,8 @@ lineage is the graph of receipts, walked from an output back to the source data.
 
 from __future__ import annotations
 
+import calendar
+import os
 import platform
 import sys
 import time
@@ -23,11 +25,59 @@ from flows.errors import ReceiptError
 from registry.errors import RegistryError
 from registry.identity import Identity, fingerprint, verify_signature
 
-__all__ = ["RECEIPT_FORMAT", "Receipt", "environment", "load_receipt", "write_receipt"]
+__all__ = [
+    "JOURNAL",
+    "RECEIPT_FORMAT",
+    "Receipt",
+    "cids_in",
+    "environment",
+    "load_receipt",
+    "parse_time",
+    "record_receipt",
+    "recorded_order",
+    "write_receipt",
+]
 
 RECEIPT_FORMAT: Final = "cidflow/receipt@1"
 _FIELDS = {"format", "task", "code", "parameters", "inputs", "outputs", "node", "key",
            "environment", "started", "ended"}  # fmt: skip
+
+
+#: The receipts this home wrote or accepted, one CID a line, in the order it did: lineage
+#: orders receipts by this record, never by the times a receipt claims.
+JOURNAL: Final = "receipts.journal"
+
+
+def cids_in(value: Any) -> list[str]:
+    """Every CID string inside a JSON value (dict values and list items, at any depth)."""
+    if isinstance(value, str):
+        try:
+            return [str(as_cid(value))]
+        except InvalidCIDError:
+            return []
+    if isinstance(value, dict):
+        return [c for v in value.values() for c in cids_in(v)]
+    if isinstance(value, list | tuple):
+        return [c for v in value for c in cids_in(v)]
+    return []
+
+
+def record_receipt(store: ArtifactStore, cid: str | CID) -> None:
+    """Append ``cid`` to this home's receipt journal (:data:`JOURNAL`, fsynced)."""
+    path = store.home / JOURNAL
+    with open(path, "a", encoding="ascii") as f:
+        f.write(f"{as_cid(cid)}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def recorded_order(store: ArtifactStore) -> dict[str, int]:
+    """Receipt CID → its position in this home's journal (later: larger)."""
+    try:
+        lines = (store.home / JOURNAL).read_text(encoding="ascii", errors="replace").split()
+    except FileNotFoundError:
+        return {}
+    return {cid: pos for pos, cid in enumerate(lines)}
 
 
 def environment() -> dict[str, str]:
@@ -37,6 +87,15 @@ def environment() -> dict[str, str]:
     if torch is not None:
         env["torch"] = str(torch.__version__)
     return env
+
+
+def parse_time(text: Any) -> float:
+    """A receipt's ISO time (``2026-12-04T17:05:11.123Z``) as Unix seconds (:class:`ValueError`
+    if it is not one)."""
+    if not isinstance(text, str):
+        raise ValueError(f"receipt time {text!r} is not a string")
+    whole = calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
+    return whole + (float("0" + text[19:-1]) if text[19:20] == "." else 0.0)
 
 
 def _iso(t: float) -> str:
@@ -89,7 +148,10 @@ def write_receipt(
         "started": _iso(started), "ended": _iso(ended),
     }  # fmt: skip
     signed = {"body": body, "sig": identity.sign(canonical_json(body))}
-    return Receipt(store.put_record(canonical_json(signed)), body)
+    receipt = Receipt(store.put_record(canonical_json(signed)), body)
+    if not store.read_only:
+        record_receipt(store, receipt.cid)
+    return receipt
 
 
 def load_receipt(store: ArtifactStore, cid: str | CID) -> Receipt:

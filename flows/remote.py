@@ -8,90 +8,89 @@ home's store is a local cache in front of the cluster, see :mod:`artifacts.clust
 reports its result as a Prefect markdown artifact holding the JSON (key ``cidflow-result``),
 which the coordinator parses strictly. No result pickles, no shared filesystem.
 
-Private datasets: a node started with ``--private NAME=PATH`` stores ``PATH`` as a dataset in
-its own home only and lists it in ``HOME/private.json``; node-side flows accept
-``private:NAME`` wherever a dataset CID goes and resolve it there, on the node. Its blobs are
-never served or replicated.
+Who may start work: every node flow first checks its ``request`` parameter, a run request
+signed by a coordinator on the node operator's allow-list (:func:`admit`,
+:mod:`flows.run_requests`); the cluster's Prefect API also needs credentials. Private datasets
+(``private:NAME``) are resolved on the node under their owner's output policy
+(:mod:`flows.private`). The coordinator (:class:`Coordinator`) signs the requests and trusts
+nothing in an answer (:func:`verify_answer`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from artifacts.canonical import canonical_json, loads_strict
-from artifacts.cid import as_cid
+from artifacts.canonical import canonical_json
+from artifacts.store import ArtifactStore
 from flows.errors import FlowError, one_line
 from flows.pipelines import evaluate, infer, train
+from flows.private import PRIVATE_PREFIX, Use, resolve_private
+from flows.receipts import Receipt, cids_in, parse_time
+from flows.run_requests import NonceStore, allowed_coordinators, sign_request, verify_request
 from flows.tasks import current_runtime
+from registry.errors import RegistryError
+from registry.identity import Identity
 
 __all__ = [
-    "PRIVATE_FILE",
+    "COORDINATOR_KEY",
+    "PRIVATE_PREFIX",
     "RESULT_KEY",
+    "Coordinator",
+    "RemoteRunError",
+    "admit",
     "evaluate_on_node",
+    "finish",
     "infer_on_node",
-    "load_private",
+    "log_note",
     "node_flows",
     "resolve_dataset",
     "run_on_node",
     "run_result",
-    "save_private",
     "start_on_node",
     "train_on_node",
+    "verify_answer",
     "wait_for_runs",
 ]
 
-PRIVATE_FILE = "private.json"
 RESULT_KEY = "cidflow-result"
-PRIVATE_PREFIX = "private:"
 
 
 class RemoteRunError(FlowError, RuntimeError):
     """A flow run on a node that failed, timed out, or answered something unusable."""
 
 
-# -- private datasets ---------------------------------------------------------------------------
+def resolve_dataset(dataset: str, use: Use) -> str:
+    """``private:NAME`` → the CID this node holds under that name, if its owner's policy
+    allows ``use`` (:func:`flows.private.resolve_private`); a CID stays as it is."""
+    return resolve_private(current_runtime().store.home, dataset, use)
 
 
-def load_private(home: str | os.PathLike[str]) -> dict[str, str]:
-    """Private dataset name → CID of the node whose home is ``home``."""
-    path = Path(home) / PRIVATE_FILE
-    try:
-        doc = loads_strict(path.read_bytes())
-    except FileNotFoundError:
-        return {}
-    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
-        raise FlowError(f"{path} is not a JSON object of dataset name -> CID")
-    return {str(k): str(as_cid(v)) for k, v in doc.items()}
-
-
-def save_private(home: str | os.PathLike[str], datasets: dict[str, str]) -> None:
-    path = Path(home) / PRIVATE_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(canonical_json(datasets))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def resolve_dataset(dataset: str) -> str:
-    """``private:NAME`` → the CID this node holds under that name; a CID stays as it is."""
-    if not dataset.startswith(PRIVATE_PREFIX):
-        return dataset
-    name = dataset.removeprefix(PRIVATE_PREFIX)
-    home = current_runtime().store.home
-    private = load_private(home)
-    if name not in private:
-        known = ", ".join(sorted(private)) or "none"
-        raise FlowError(f"this node holds no private dataset {name!r} (it holds: {known})")
-    return private[name]
+def admit(flow: str, fn: Any, parameters: dict[str, Any]) -> None:
+    """Refuse the run of node flow ``fn`` (:class:`~flows.errors.RunRequestError`) unless its
+    ``request`` is a fresh request for exactly these parameters (those it does not name at
+    their defaults), signed by a coordinator this node's operator allowed
+    (:mod:`flows.run_requests`). Every node flow calls it before anything else."""
+    rt = current_runtime()
+    home = rt.store.home
+    defaults = {
+        name: p.default for name, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }  # fmt: skip
+    verify_request(
+        parameters.get("request"), flow=flow, node_id=rt.identity.id, parameters=parameters,
+        allowed=allowed_coordinators(home), nonces=NonceStore.for_home(home), defaults=defaults,
+    )  # fmt: skip
 
 
 # -- node-side flows ----------------------------------------------------------------------------
@@ -108,14 +107,16 @@ def _report(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _finish(state: Any) -> dict[str, Any]:
+def finish(state: Any) -> dict[str, Any]:
+    """The node flow's answer: its step's result, whether it was cached, and this node's id,
+    reported to the coordinator."""
     result: dict[str, Any] = dict(state.result())
     result["cached"] = state.name == "Cached"
     result["node_id"] = current_runtime().identity.id
     return _report(result)
 
 
-def _log_note(note: str) -> None:
+def log_note(note: str) -> None:
     """The coordinator's word on why this run is on this node, in the run's own log."""
     if note:
         from prefect.logging import get_run_logger
@@ -133,44 +134,63 @@ def train_on_node(
     lr: float = 1e-3,
     model_kwargs: dict[str, Any] | None = None,
     note: str = "",
+    request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``train`` on this node (``dataset`` may be ``private:NAME``)."""
-    _log_note(note)
-    return _finish(train(
-        dataset=resolve_dataset(dataset), model=model, epochs=epochs, seed=seed,
-        batch_size=batch_size, lr=lr, model_kwargs=model_kwargs, return_state=True,
-    ))  # fmt: skip
+    admit("train", train_on_node, dict(locals()))
+    log_note(note)
+    return finish(
+        train(
+            dataset=resolve_dataset(dataset, "train"), model=model, epochs=epochs, seed=seed,
+            batch_size=batch_size, lr=lr, model_kwargs=model_kwargs, return_state=True,
+        )
+    )  # fmt: skip
 
 
 @flow(name="evaluate", log_prints=False)
 def evaluate_on_node(
-    model: str, dataset: str, batch_size: int = 256, note: str = ""
+    model: str,
+    dataset: str,
+    batch_size: int = 256,
+    note: str = "",
+    request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``evaluate`` on this node (``dataset`` may be ``private:NAME``)."""
-    _log_note(note)
-    return _finish(evaluate(
-        model=model, dataset=resolve_dataset(dataset), batch_size=batch_size, return_state=True,
-    ))  # fmt: skip
+    admit("evaluate", evaluate_on_node, dict(locals()))
+    log_note(note)
+    data = resolve_dataset(dataset, "evaluate")
+    return finish(evaluate(model=model, dataset=data, batch_size=batch_size, return_state=True))
 
 
 @flow(name="infer", log_prints=False)
 def infer_on_node(
-    model: str, dataset: str, split: str = "test", batch_size: int = 1024, note: str = ""
+    model: str,
+    dataset: str,
+    split: str = "test",
+    batch_size: int = 1024,
+    note: str = "",
+    request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``infer`` on this node (``dataset`` may be ``private:NAME``)."""
-    _log_note(note)
-    return _finish(infer(
-        model=model, dataset=resolve_dataset(dataset), split=split, batch_size=batch_size,
-        return_state=True,
-    ))  # fmt: skip
+    """``infer`` on this node (``dataset`` may be ``private:NAME``, if its policy lets
+    predictions, which are rows, leave)."""
+    admit("infer", infer_on_node, dict(locals()))
+    log_note(note)
+    data = resolve_dataset(dataset, "infer")
+    return finish(
+        infer(model=model, dataset=data, split=split, batch_size=batch_size, return_state=True)
+    )
 
 
 def node_flows() -> dict[str, Any]:
     """The node-side flows, by the name their deployments carry (``FLOW/NODE``)."""
     from flows.federated.remote import fed_client_on_node
 
-    return {"train": train_on_node, "evaluate": evaluate_on_node, "infer": infer_on_node,
-            "fed-client": fed_client_on_node}  # fmt: skip
+    return {
+        "train": train_on_node,
+        "evaluate": evaluate_on_node,
+        "infer": infer_on_node,
+        "fed-client": fed_client_on_node,
+    }
 
 
 # -- coordinator side ---------------------------------------------------------------------------
@@ -178,29 +198,193 @@ def node_flows() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _api(api_url: str | None) -> Iterator[None]:
-    """Prefect calls inside go to ``api_url`` (default: the configured API)."""
+    """Prefect calls inside go to ``api_url`` (default: the configured API), with the cluster's
+    credentials (``PREFECT_API_AUTH_STRING``, set in the environment from the cluster's 0600
+    file, never on a command line) when there are any."""
     if api_url is None:
         yield
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url}
+    if os.environ.get("PREFECT_API_AUTH_STRING"):
+        updates[PREFECT_API_AUTH_STRING] = os.environ["PREFECT_API_AUTH_STRING"]
+    with temporary_settings(updates=updates):
         yield
 
 
+COORDINATOR_KEY = "coordinator"
+#: How far a receipt's times may lie ahead of the coordinator's clock.
+RECEIPT_SKEW = 60.0
+
+
+@dataclass(frozen=True)
+class Coordinator:
+    """The coordinator's side of a cluster: its key (``HOME/keys/coordinator.pem``), which
+    signs every run request, and each node's id, which every answer must be signed by.
+
+    A node's id comes from the cluster's own record (``cluster.json``, written by ``cluster
+    up`` from the keys it made), and must also be the id of the node's signed announcement
+    in the cluster's registry (:meth:`node_id`): an answer is accepted only when signed by the
+    key the node registered."""
+
+    identity: Identity
+    node_ids: dict[str, str]
+    registry: str | None = None
+    home: str = ""
+
+    @classmethod
+    def for_home(cls, home: str | os.PathLike[str]) -> Coordinator:
+        path = Path(home) / "cluster.json"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise FlowError(f"{path}: no readable cluster record ({exc})") from None
+        ids = doc.get("node_ids") if isinstance(doc, dict) else None
+        if not isinstance(ids, dict) or not all(isinstance(v, str) for v in ids.values()):
+            raise FlowError(f"{path} names no node ids: start the cluster with this version")
+        try:
+            identity = Identity.load(home, COORDINATOR_KEY)
+        except (OSError, RegistryError) as exc:
+            raise FlowError(f"no coordinator key in {home}: {one_line(exc)}") from None
+        registry = doc.get("registry")
+        return cls(identity, dict(ids), registry if isinstance(registry, str) else None,
+                   str(home))  # fmt: skip
+
+    def node_id(self, node: str) -> str:
+        """The id of ``node``: the cluster's record, checked against the registry."""
+        expected = self.node_ids.get(node)
+        if expected is None:
+            raise RemoteRunError(f"no node {node!r} in this cluster")
+        if self.registry is not None:
+            from registry.local import open_target
+
+            found = [n for n in open_target(self.registry, self.home).nodes()
+                     if n.node_id == expected]  # fmt: skip
+            if not found or found[-1].name != node:
+                raise RemoteRunError(
+                    f"{node}: no announcement signed by its key {expected} in the registry"
+                )
+        return expected
+
+    def request(self, flow: str, node: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        """``parameters`` plus a run request for them, signed by this coordinator."""
+        plain = {k: v for k, v in parameters.items() if k != "request"}
+        signed = sign_request(self.identity, flow=flow, node_id=self.node_id(node),
+                              parameters=plain)  # fmt: skip
+        return {**plain, "request": signed}
+
+
 def start_on_node(
-    flow: str, node: str, parameters: dict[str, Any], *, api_url: str | None = None
+    flow: str,
+    node: str,
+    parameters: dict[str, Any],
+    *,
+    api_url: str | None = None,
+    coordinator: Coordinator | None = None,
 ) -> str:
-    """Start deployment ``FLOW/NODE`` with ``parameters``; return the flow run's id at once."""
+    """Start deployment ``FLOW/NODE`` with ``parameters`` (plus a run request signed by
+    ``coordinator``, without which the node refuses to run); return the flow run's id."""
     from prefect.deployments import run_deployment
 
     name = f"{flow}/{node}"
+    if coordinator is not None:
+        parameters = coordinator.request(flow, node, parameters)
     try:
         with _api(api_url):
             run: Any = run_deployment(name, parameters=parameters, timeout=0, as_subflow=False)
     except Exception as exc:  # Prefect raises its own types: ObjectNotFound, httpx errors...
         raise RemoteRunError(f"cannot run {name}: {type(exc).__name__}: {one_line(exc)}") from None
     return str(run.id)
+
+
+def _made_by(attrs: dict[str, Any], parameters: dict[str, Any]) -> bool:
+    """Whether an output's own attributes agree with the run that claims it: a model's spec
+    (``cidflow.model``: model, seed, dataset), a metrics or predictions artifact's model and
+    dataset. A receipt can name any CID; the artifact says what made it."""
+    spec = attrs.get("cidflow.model")
+    pairs = [(k, attrs.get(k)) for k in ("model", "dataset")]
+    if isinstance(spec, dict):
+        pairs += [(k, spec.get(k)) for k in ("model", "seed", "dataset")]
+    return all(parameters[k] == v for k, v in pairs if v is not None and k in parameters)
+
+
+def verify_answer(
+    store: ArtifactStore,
+    coordinator: Coordinator,
+    node: str,
+    task: str,
+    parameters: dict[str, Any],
+    result: dict[str, Any],
+    *,
+    sent: float,
+    private: Iterable[str] = (),
+) -> Receipt:
+    """Trust nothing in ``result``, the answer of ``node`` to a run of ``task`` with
+    ``parameters`` started at ``sent`` (the coordinator's clock): its receipt must be stored
+    intact, signed by the key ``node`` registered, for this task and these parameters
+    (``private``: the parameters that named a ``private:NAME`` dataset, resolved on the node),
+    claim exactly the outputs the answer names, and lie neither about when it ran (not ended
+    in the future; started after the request unless served from the node's cache) nor about
+    them (each output artifact's manifest is fetched and verified). Records the receipt in
+    this home, where ``lineage`` orders it by when it was recorded."""
+    from flows.receipts import load_receipt, record_receipt
+
+    where = f"{task}/{node}"
+    receipt_cid = result.get("receipt")
+    if not isinstance(receipt_cid, str):
+        raise RemoteRunError(f"{where} answered without a receipt")
+    receipt = load_receipt(store, receipt_cid)  # fetched, re-hashed, signature checked
+    expected = coordinator.node_id(node)
+    if receipt.node != expected or result.get("node_id") != expected:
+        raise RemoteRunError(f"{where}: the answer is not signed by {node}'s registered key")
+    body = receipt.body
+    skip = set(private)
+    changed = sorted(k for k, v in parameters.items()
+                     if k in body["parameters"] and k not in skip
+                     and body["parameters"][k] != v)  # fmt: skip
+    if changed:
+        raise RemoteRunError(f"{where}: the receipt is for other parameters ({', '.join(changed)})")
+    named = set(cids_in({k: v for k, v in result.items() if k != "receipt"}))
+    if set(receipt.outputs) != named:
+        raise RemoteRunError(f"{where}: the receipt's outputs are not the outputs it answered")
+    try:
+        started, ended = parse_time(body["started"]), parse_time(body["ended"])
+    except ValueError:
+        raise RemoteRunError(f"{where}: the receipt's times are not ISO times") from None
+    now = time.time()
+    if ended > now + RECEIPT_SKEW or started > ended + 1:
+        raise RemoteRunError(f"{where}: the receipt claims a time in the future")
+    if not result.get("cached") and started < sent - RECEIPT_SKEW:
+        raise RemoteRunError(f"{where}: the receipt says it ran before it was asked to")
+    for cid in sorted(named):
+        art = store.open_artifact(cid)  # manifest fetched and verified
+        art.metadata()
+        if not _made_by(art.attrs, body["parameters"]):
+            raise RemoteRunError(f"{where}: output {cid} was not made by this run")
+    store.put_record(store.get_record(receipt_cid))
+    record_receipt(store, receipt.cid)
+    return receipt
+
+
+def run_on_node(
+    flow: str,
+    node: str,
+    parameters: dict[str, Any],
+    *,
+    timeout: float = 3600.0,
+    poll_interval: float = 0.5,
+    api_url: str | None = None,
+    coordinator: Coordinator | None = None,
+) -> dict[str, Any]:
+    """Run deployment ``FLOW/NODE`` with ``parameters`` on the Prefect API at ``api_url``
+    (default: the configured one), wait for it, and return its JSON result."""
+    run_id = start_on_node(flow, node, parameters, api_url=api_url, coordinator=coordinator)
+    states = wait_for_runs([run_id], timeout, poll_interval=poll_interval, api_url=api_url)
+    name = f"{flow}/{node}"
+    if run_id not in states:
+        raise RemoteRunError(f"{name}: flow run {run_id} did not finish within {timeout:g}s")
+    return run_result(run_id, states[run_id], name, api_url=api_url)
 
 
 def wait_for_runs(
@@ -253,25 +437,6 @@ def run_result(
     if not found:
         raise RemoteRunError(f"{where}: flow run {run_id} reported no result")
     return _parse_result(str(found[-1].data), where)
-
-
-def run_on_node(
-    flow: str,
-    node: str,
-    parameters: dict[str, Any],
-    *,
-    timeout: float = 3600.0,
-    poll_interval: float = 0.5,
-    api_url: str | None = None,
-) -> dict[str, Any]:
-    """Run deployment ``FLOW/NODE`` with ``parameters`` on the Prefect API at ``api_url``
-    (default: the configured one), wait for it, and return its JSON result."""
-    run_id = start_on_node(flow, node, parameters, api_url=api_url)
-    states = wait_for_runs([run_id], timeout, poll_interval=poll_interval, api_url=api_url)
-    name = f"{flow}/{node}"
-    if run_id not in states:
-        raise RemoteRunError(f"{name}: flow run {run_id} did not finish within {timeout:g}s")
-    return run_result(run_id, states[run_id], name, api_url=api_url)
 
 
 def _parse_result(markdown: str, where: str) -> dict[str, Any]:

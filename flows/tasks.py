@@ -17,11 +17,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, overload
 
-from artifacts.cid import as_cid
-from artifacts.errors import InvalidCIDError
 from artifacts.store import ArtifactStore
 from flows.cache import CIDCachePolicy, canonical_inputs, code_hash
-from flows.receipts import write_receipt
+from flows.receipts import cids_in, write_receipt
 from registry.identity import Identity
 
 if TYPE_CHECKING:
@@ -69,20 +67,6 @@ def runtime(rt: Runtime) -> Iterator[Runtime]:
         yield rt
     finally:
         _RUNTIME.reset(token)
-
-
-def _cids(value: Any) -> list[str]:
-    """Every CID string inside a JSON value."""
-    if isinstance(value, str):
-        try:
-            return [str(as_cid(value))]
-        except InvalidCIDError:
-            return []
-    if isinstance(value, dict):
-        return [c for v in value.values() for c in _cids(v)]
-    if isinstance(value, list | tuple):
-        return [c for v in value for c in _cids(v)]
-    return []
 
 
 @overload
@@ -141,7 +125,7 @@ def cid_task(
             receipt = write_receipt(
                 rt.store, rt.identity, task=task_name,
                 code=code_hash(func, policy.modules(bound.arguments)), parameters=params,
-                inputs=_cids(params), outputs=_cids(result), started=started, ended=ended,
+                inputs=cids_in(params), outputs=cids_in(result), started=started, ended=ended,
             )  # fmt: skip
             return {**result, "receipt": str(receipt.cid)}
 

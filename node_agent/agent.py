@@ -48,8 +48,14 @@ class NodeOptions:
     port: int = 8470
     capacity: int | None = None
     private: tuple[tuple[str, Path], ...] = ()
+    #: Output policy per private dataset name (default ``model``, see :mod:`flows.private`).
+    policies: tuple[tuple[str, str], ...] = ()
     registry: str | None = None
     prefect_api: str | None = None
+    #: A 0600 file holding the Prefect API's ``user:password`` (never on a command line).
+    prefect_auth_file: Path | None = None
+    #: Coordinator public keys allowed to start runs here (none: the node runs nothing).
+    allowed_coordinators: tuple[str, ...] = ()
     heartbeat: float = 60.0
     max_blob: int = MAX_BLOB
     allowed_hosts: tuple[str, ...] = ()
@@ -72,6 +78,22 @@ def private_blob_cids(store: ArtifactStore, cids: Iterable[str]) -> set[str]:
     return out
 
 
+def _read_secret(path: Path) -> str:
+    """The content of a credentials file that only its owner may read."""
+    import stat
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            if os.fstat(f.fileno()).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise NodeConfigError(f"{path} must be readable by its owner only (chmod 600)")
+            text = f.read().strip()
+    except OSError as exc:
+        raise NodeConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if not text:
+        raise NodeConfigError(f"{path} is empty")
+    return text
+
+
 class NodeAgent:
     """One node: prepared by the constructor (home, token, key, private data), run by
     :meth:`serve`."""
@@ -86,6 +108,9 @@ class NodeAgent:
         self.home.mkdir(parents=True, exist_ok=True)
         self.token = load_or_create_token(self.home)
         self.identity = Identity.load_or_create(self.home, NODE_KEY)
+        from flows.run_requests import save_allowed_coordinators
+
+        save_allowed_coordinators(self.home, options.allowed_coordinators)
         # The blobs this node serves and stores for the cluster: always its local folder.
         self.store = ArtifactStore(self.home)
         self.private = self._load_private(options.private)
@@ -99,10 +124,20 @@ class NodeAgent:
         self._stop = threading.Event()
 
     def _load_private(self, items: tuple[tuple[str, Path], ...]) -> dict[str, str]:
+        """Store the ``--private`` datasets (pinned, in this home only) with their policies;
+        return name → CID of every private dataset the node holds."""
         from flows.datasets import put_dataset
-        from flows.remote import load_private, save_private
+        from flows.errors import FlowError
+        from flows.private import (
+            DEFAULT_POLICY,
+            PrivateDataset,
+            check_policy,
+            load_private,
+            save_private,
+        )
 
         datasets = load_private(self.home)
+        policies = dict(self.options.policies)
         for name, path in items:
             if not name or "/" in name or name.startswith("."):
                 raise NodeConfigError(f"--private {name}=...: a name without '/' is needed")
@@ -110,10 +145,17 @@ class NodeAgent:
                 raise NodeConfigError(f"--private {name}={path}: no such file or folder")
             cid = put_dataset(self.store, str(path))
             self.store.pin(cid)
-            datasets[name] = str(cid)
-        if items:
+            datasets[name] = PrivateDataset(str(cid), DEFAULT_POLICY)
+        for name, policy in policies.items():
+            if name not in datasets:
+                raise NodeConfigError(f"--policy {name}={policy}: no private dataset {name!r}")
+            try:
+                datasets[name] = PrivateDataset(datasets[name].cid, check_policy(policy))
+            except FlowError as exc:
+                raise NodeConfigError(f"--policy {name}={policy}: {exc}") from None
+        if items or policies:
             save_private(self.home, datasets)
-        return datasets
+        return {name: d.cid for name, d in datasets.items()}
 
     def _shared(self) -> set[str]:
         try:
@@ -172,6 +214,8 @@ class NodeAgent:
             return
         env = dict(os.environ)
         env.update(self.options.extra_env)
+        if self.options.prefect_auth_file is not None:
+            env["PREFECT_API_AUTH_STRING"] = _read_secret(self.options.prefect_auth_file)
         env |= {
             "PREFECT_API_URL": self.options.prefect_api,
             "CIDFLOW_HOME": str(self.home),

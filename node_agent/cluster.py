@@ -29,10 +29,21 @@ from artifacts.cluster import CLUSTER_FILE
 from node_agent.auth import TOKEN_FILE
 from node_agent.errors import NodeConfigError
 from node_agent.serve_flows import NODE_FLOW_NAMES
+from registry.identity import Identity
 
-__all__ = ["cluster_down", "cluster_status", "cluster_up", "load_cluster"]
+__all__ = [
+    "cluster_down",
+    "cluster_status",
+    "cluster_up",
+    "load_cluster",
+    "prefect_auth",
+    "use_cluster_prefect",
+]
 
 STOPPED_FILE = "cluster.stopped.json"
+PREFECT_AUTH_FILE = "prefect-auth"
+COORDINATOR_KEY = "coordinator"  # flows.remote.COORDINATOR_KEY (no Prefect import here)
+NODE_KEY = "node"
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -75,14 +86,17 @@ def _alive(proc: dict[str, Any]) -> bool:
     return str(proc.get("marker", "")).encode() in cmdline
 
 
-def _wait_http(url: str, deadline: float, proc: subprocess.Popen[bytes], what: str) -> None:
+def _wait_http(
+    url: str, deadline: float, proc: subprocess.Popen[bytes], what: str, auth: str | None = None
+) -> None:
     import httpx
 
+    basic = httpx.BasicAuth(*auth.split(":", 1)) if auth else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise NodeConfigError(f"{what} exited with {proc.returncode} during start-up")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0, auth=basic).status_code == 200:
                 return
         time.sleep(0.2)
     raise NodeConfigError(f"{what} did not answer at {url} in time")
@@ -97,6 +111,30 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         )  # fmt: skip
 
 
+def prefect_auth(doc: dict[str, Any]) -> str | None:
+    """The cluster's Prefect API credentials (``user:password``) from the 0600 file its
+    ``cluster.json`` names; ``None`` for a cluster without one."""
+    path = doc.get("prefect_auth_file")
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise NodeConfigError(f"cannot read the cluster's Prefect credentials: {exc}") from None
+    if ":" not in text:
+        raise NodeConfigError(f"{path} does not hold USER:PASSWORD")
+    return text
+
+
+def use_cluster_prefect(doc: dict[str, Any]) -> None:
+    """Point this process's Prefect client at the cluster's API, with its credentials (in the
+    environment: Prefect reads them from there; never on a command line)."""
+    os.environ["PREFECT_API_URL"] = str(doc["prefect_api"])
+    auth = prefect_auth(doc)
+    if auth is not None:
+        os.environ["PREFECT_API_AUTH_STRING"] = auth
+
+
 def cluster_up(
     home: Path,
     nodes: int,
@@ -104,11 +142,16 @@ def cluster_up(
     replication: int = 2,
     capacity: int | None = None,
     private: dict[str, list[str]] | None = None,
+    policies: dict[str, list[str]] | None = None,
     timeout: float = 120.0,
 ) -> dict[str, Any]:
     """Start a Prefect server and ``nodes`` node agents; return what ``--json`` prints.
 
-    ``private`` maps a node name to its ``NAME=PATH`` private datasets."""
+    ``private`` maps a node name to its ``NAME=PATH`` private datasets, ``policies`` to their
+    ``NAME=POLICY`` output policies. The Prefect API requires credentials made for this cluster
+    (``HOME/prefect-auth``, 0600, copied into each node's home); each node gets its own key
+    (its id is recorded in ``cluster.json``) and allows only this home's coordinator key to
+    start runs on it."""
     if not 1 <= nodes <= 32:
         raise NodeConfigError("--nodes must be between 1 and 32")
     if replication < 1 or replication > nodes:
@@ -121,6 +164,10 @@ def cluster_up(
     token = secrets.token_urlsafe(32)
     token_file = home / TOKEN_FILE
     _write_private(token_file, token)
+    auth = f"cidflow:{secrets.token_urlsafe(32)}"
+    auth_file = home / PREFECT_AUTH_FILE
+    _write_private(auth_file, auth)
+    coordinator = Identity.load_or_create(home, COORDINATOR_KEY)
     marker = f"cidflow-cluster-{secrets.token_hex(6)}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CIDFLOW_"))}
     env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
@@ -130,7 +177,8 @@ def cluster_up(
     try:
         port = _free_port()
         api = f"http://127.0.0.1:{port}/api"
-        prefect_env = env | {"PREFECT_HOME": str(home / "prefect"), "CIDFLOW_MARKER": marker}
+        prefect_env = env | {"PREFECT_HOME": str(home / "prefect"), "CIDFLOW_MARKER": marker,
+                             "PREFECT_SERVER_API_AUTH_STRING": auth}  # fmt: skip
         prefect_bin = shutil.which("prefect", path=str(bin_dir)) or "prefect"
         cmd = [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         proc = _spawn(cmd, prefect_env, home / "logs" / "prefect.log")
@@ -142,22 +190,29 @@ def cluster_up(
         ]  # fmt: skip
         storage = {"replication": replication, "token_file": str(token_file),
                    "nodes": storage_nodes}  # fmt: skip
-        _wait_http(f"{api}/health", deadline, proc, "the Prefect server")
+        _wait_http(f"{api}/health", deadline, proc, "the Prefect server", auth)
         registry = str(home / "registry.db")
+        node_ids: dict[str, str] = {}
         for name in names:
             node_home = home / "nodes" / name
             node_home.mkdir(parents=True, exist_ok=True)
             _write_private(node_home / TOKEN_FILE, token)
+            _write_private(node_home / PREFECT_AUTH_FILE, auth)
+            node_ids[name] = Identity.load_or_create(node_home, NODE_KEY).id
             node_storage = storage | {"cache": True}
             _write_json(node_home / CLUSTER_FILE, {"storage": node_storage})
             cmd = [sys.executable, "-m", "cidflow", "node", "start", "--name", name,
                    "--home", str(node_home), "--host", "127.0.0.1",
                    "--port", str(node_ports[name]), "--registry", registry,
-                   "--prefect-api", api, "--marker", marker]  # fmt: skip
+                   "--prefect-api", api, "--marker", marker,
+                   "--prefect-auth-file", str(node_home / PREFECT_AUTH_FILE),
+                   "--allow-coordinator", coordinator.public_key]  # fmt: skip
             if capacity is not None:
                 cmd += ["--capacity", str(capacity)]
             for item in (private or {}).get(name, []):
                 cmd += ["--private", item]
+            for item in (policies or {}).get(name, []):
+                cmd += ["--policy", item]
             proc = _spawn(cmd, env, home / "logs" / f"{name}.log")
             started.append((proc, {"role": "node", "name": name, "pid": proc.pid,
                                    "url": f"http://127.0.0.1:{node_ports[name]}",
@@ -167,7 +222,7 @@ def cluster_up(
         for proc, info in started[1:]:  # a run started before its deployment exists would fail
             for flow in NODE_FLOW_NAMES:
                 _wait_http(f"{api}/deployments/name/{flow}/{info['name']}", deadline, proc,
-                           f"node {info['name']}'s {flow} deployment")  # fmt: skip
+                           f"node {info['name']}'s {flow} deployment", auth)  # fmt: skip
     except BaseException:
         for proc, _ in reversed(started):
             _stop_group(proc.pid)
@@ -175,6 +230,9 @@ def cluster_up(
     doc = {
         "storage": storage,
         "prefect_api": api,
+        "prefect_auth_file": str(auth_file),
+        "node_ids": node_ids,
+        "coordinator": coordinator.public_key,
         "registry": registry,
         "processes": [info for _, info in started],
         "started": time.time(),

@@ -3,21 +3,23 @@ after ``cluster up``).
 
 Pick the node (:mod:`node_agent.scheduler`, or the one asked for), run deployment
 ``FLOW/NODE`` through Prefect (:func:`flows.remote.run_on_node`, the reason passed along so the
-run's log says why it is there), then trust nothing in the answer: the receipt is fetched from
-the cluster, re-hashed and its signature checked (it must be the chosen node's key and name the
-outputs reported), every output artifact's manifest is fetched and verified, and the receipt is
-recorded in this home so ``lineage`` works here.
+run's log says why it is there) with a run request signed by this home's coordinator key, then
+trust nothing in the answer (:func:`flows.remote.verify_answer`): the receipt must be signed by
+the key the node registered, be for these parameters, claim exactly the outputs the answer
+names and no time in the future; it is then recorded in this home for ``lineage``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from artifacts.cid import as_cid
 from artifacts.errors import InvalidCIDError
 from artifacts.store import ArtifactStore
-from flows.remote import PRIVATE_PREFIX
+from flows.errors import FlowError, one_line
+from flows.private import PRIVATE_PREFIX
 from node_agent.errors import NodeAgentError
 from node_agent.scheduler import choose_node, input_blobs
 
@@ -46,9 +48,9 @@ def run_on_cluster(
 ) -> dict[str, Any]:
     """Run ``flow`` with ``params`` on the cluster described by ``cluster`` (its
     ``cluster.json``); return the node's verified result plus ``node`` and ``scheduling``."""
-    from flows.receipts import load_receipt
-    from flows.remote import run_on_node
+    from flows.remote import Coordinator, run_on_node, verify_answer
 
+    coordinator = Coordinator.for_home(store.home)
     nodes = [(n["name"], n["url"]) for n in cluster["storage"]["nodes"]]
     names = [name for name, _ in nodes]
     if node is not None:
@@ -60,25 +62,16 @@ def run_on_cluster(
     else:
         placement = choose_node(nodes, input_blobs(store, _cids_in(params)), needs_gpu=needs_gpu)
         node, reason = placement.node, placement.reason
+    sent = time.time()
     result = run_on_node(
-        flow, node, {**params, "note": reason}, timeout=timeout, api_url=cluster["prefect_api"]
-    )
-
-    receipt_cid = result.get("receipt")
-    if not isinstance(receipt_cid, str):
-        raise NodeAgentError(f"{flow}/{node} answered without a receipt")
-    receipt = load_receipt(store, receipt_cid)  # fetched from the cluster, hash + signature
-    if receipt.body["node"] != result.get("node_id"):
-        raise NodeAgentError(f"{flow}/{node}: the receipt is signed by another node")
-    outputs = set(receipt.body["outputs"])
-    for key in ("model", "predictions", "metrics_artifact"):
-        cid = result.get(key)
-        if cid is None:
-            continue
-        if str(cid) not in outputs:
-            raise NodeAgentError(f"{flow}/{node}: {key} {cid} is not an output of its receipt")
-        store.open_artifact(cid).metadata()  # manifest and metadata fetched and verified
-    store.put_record(store.get_record(receipt_cid))  # recorded here: lineage from this home
+        flow, node, {**params, "note": reason}, timeout=timeout, api_url=cluster["prefect_api"],
+        coordinator=coordinator,
+    )  # fmt: skip
+    private = [k for k, v in params.items() if str(v).startswith(PRIVATE_PREFIX)]
+    try:
+        verify_answer(store, coordinator, node, flow, params, result, sent=sent, private=private)
+    except FlowError as exc:
+        raise NodeAgentError(one_line(exc)) from None
     result["node"] = node
     result["scheduling"] = reason
     return result

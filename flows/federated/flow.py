@@ -496,6 +496,7 @@ def federated_train_fn(
     from flows.federated.remote import NodeClients
     from flows.federated.strategies import STRATEGIES
     from flows.pipelines import evaluate
+    from flows.remote import Coordinator
 
     if strategy not in STRATEGIES:
         raise AggregationError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
@@ -547,7 +548,8 @@ def federated_train_fn(
     if nodes:
         pairs = [(str(n), str(d)) for n, d in nodes]
         labels = [n for n, _ in pairs]
-        runner = NodeClients(pairs, api_url, round_timeout)
+        coordinator = Coordinator.for_home(current_runtime().store.home)
+        runner = NodeClients(pairs, api_url, round_timeout, coordinator)
         client_data: list[str] = [d for _, d in pairs]
     else:
         parts = split_clients(dataset=dataset, clients=clients, partition=partition, seed=seed)

@@ -16,6 +16,7 @@ round and is discarded, recorded in the round's ``late`` list.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +25,16 @@ from prefect import flow
 from flows.errors import FlowError, one_line
 from flows.federated.flow import client_round
 from flows.remote import (
+    PRIVATE_PREFIX,
+    Coordinator,
     RemoteRunError,
-    _finish,
-    _log_note,
+    admit,
+    finish,
+    log_note,
     resolve_dataset,
     run_result,
     start_on_node,
+    verify_answer,
     wait_for_runs,
 )
 from flows.tasks import current_runtime
@@ -50,12 +55,15 @@ def fed_client_on_node(
     secure: dict[str, Any] | None = None,
     dp: dict[str, Any] | None = None,
     note: str = "",
+    request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One federated round on this node: train from ``global_model`` on ``dataset`` (usually
     ``private:NAME``); only the update travels."""
-    _log_note(note)
-    return _finish(client_round(
-        global_model=global_model, data=resolve_dataset(dataset), round=round, epochs=epochs,
+    admit("fed-client", fed_client_on_node, dict(locals()))
+    log_note(note)
+    data = resolve_dataset(dataset, "federated")
+    return finish(client_round(
+        global_model=global_model, data=data, round=round, epochs=epochs,
         lr=lr, batch_size=batch_size, seed=seed, proximal_mu=proximal_mu, secure=secure,
         dp=dp, return_state=True,
     ))  # fmt: skip
@@ -74,14 +82,22 @@ class ClientAnswers:
 class NodeClients:
     """The coordinator's handle on ``fed-client`` runs on cluster nodes (see module doc)."""
 
-    def __init__(self, clients: list[tuple[str, str]], api_url: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        clients: list[tuple[str, str]],
+        api_url: str | None,
+        timeout: float,
+        coordinator: Coordinator,
+    ) -> None:
         labels = [node for node, _ in clients]
         if len(set(labels)) != len(labels):
             raise FlowError("each node can be one client only")
         self.clients = dict(clients)
         self.api_url = api_url
         self.timeout = timeout
-        self.pending: dict[str, tuple[str, int]] = {}  # node → (flow run id, round)
+        self.coordinator = coordinator
+        # node → (flow run id, round, parameters, when sent)
+        self.pending: dict[str, tuple[str, int, dict[str, Any], float]] = {}
 
     def run_round(
         self, rnd: int, global_model: str, params: dict[str, dict[str, Any]]
@@ -89,27 +105,30 @@ class NodeClients:
         """Run the round on every client in ``params`` (label → its parameters)."""
         out = ClientAnswers()
         self._collect_late(out)
-        started: dict[str, str] = {}
+        started: dict[str, tuple[str, dict[str, Any], float]] = {}
         for node, extra in params.items():
             if node in self.pending:
                 out.missing.append((node, f"still busy with round {self.pending[node][1]}"))
                 continue
+            sent = {"global_model": global_model, "dataset": self.clients[node], "round": rnd,
+                    **extra}  # fmt: skip
             try:
-                started[node] = start_on_node(
-                    "fed-client", node, {"global_model": global_model,
-                                         "dataset": self.clients[node], "round": rnd, **extra},
-                    api_url=self.api_url,
-                )  # fmt: skip
-            except RemoteRunError as exc:
-                out.missing.append((node, str(exc)))
-        states = wait_for_runs(list(started.values()), self.timeout, api_url=self.api_url)
-        for node, run_id in started.items():
+                when = time.time()
+                run_id = start_on_node("fed-client", node, sent, api_url=self.api_url,
+                                       coordinator=self.coordinator)  # fmt: skip
+            except (RemoteRunError, FlowError) as exc:
+                out.missing.append((node, one_line(exc)))
+                continue
+            started[node] = (run_id, sent, when)
+        runs = [run_id for run_id, _, _ in started.values()]
+        states = wait_for_runs(runs, self.timeout, api_url=self.api_url)
+        for node, (run_id, sent, when) in started.items():
             if run_id not in states:
-                self.pending[node] = (run_id, rnd)
+                self.pending[node] = (run_id, rnd, sent, when)
                 out.missing.append((node, f"no answer within {self.timeout:g}s"))
                 continue
             try:
-                result = self._verified(node, run_id, states[run_id])
+                result = self._verified(node, run_id, states[run_id], sent, when)
             except FlowError as exc:
                 out.missing.append((node, one_line(exc)))
                 continue
@@ -119,32 +138,32 @@ class NodeClients:
     def _collect_late(self, out: ClientAnswers) -> None:
         if not self.pending:
             return
-        runs = {run_id: node for node, (run_id, _) in self.pending.items()}
+        runs = {run_id: node for node, (run_id, *_) in self.pending.items()}
         states = wait_for_runs(list(runs), 0.0, api_url=self.api_url)
         for run_id, state in states.items():
             node = runs[run_id]
-            _, old = self.pending.pop(node)
+            _, old, sent, when = self.pending.pop(node)
             late: dict[str, Any] = {"client": node, "round": old, "state": state.name}
             if state.is_completed():
                 try:
-                    late["update"] = self._verified(node, run_id, state)["update"]
+                    late["update"] = self._verified(node, run_id, state, sent, when)["update"]
                 except FlowError as exc:
                     late["error"] = one_line(exc)
             out.late.append(late)
 
-    def _verified(self, node: str, run_id: str, state: Any) -> dict[str, Any]:
-        from flows.receipts import load_receipt
-
+    def _verified(
+        self, node: str, run_id: str, state: Any, sent: dict[str, Any], when: float
+    ) -> dict[str, Any]:
+        """The run's answer, if :func:`~flows.remote.verify_answer` accepts it (signed by the
+        node's registered key, for these parameters, the update among its outputs)."""
         where = f"fed-client/{node}"
         result = run_result(run_id, state, where, api_url=self.api_url)
-        update, receipt_cid = result.get("update"), result.get("receipt")
-        if not isinstance(receipt_cid, str) or not isinstance(update, str | None):
-            raise RemoteRunError(f"{where} answered without a receipt")
-        store = current_runtime().store
-        receipt = load_receipt(store, receipt_cid)
-        if receipt.body["node"] != result.get("node_id"):
-            raise RemoteRunError(f"{where}: the receipt is signed by another node")
-        if update is not None and update not in set(receipt.body["outputs"]):
-            raise RemoteRunError(f"{where}: update {update} is not an output of its receipt")
-        store.put_record(store.get_record(receipt_cid))  # recorded here: lineage from this home
+        if not isinstance(result.get("update"), str | None):
+            raise RemoteRunError(f"{where} answered an update that is not a CID")
+        private = ["data"] if str(sent["dataset"]).startswith(PRIVATE_PREFIX) else []
+        task_params = {("data" if k == "dataset" else k): v for k, v in sent.items()}
+        verify_answer(
+            current_runtime().store, self.coordinator, node, "fed-client", task_params,
+            result, sent=when, private=private,
+        )  # fmt: skip
         return result

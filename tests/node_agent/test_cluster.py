@@ -69,10 +69,11 @@ def test_up_reports_prefect_and_nodes_and_tokens_guard_writes(cluster: dict[str,
     from node_agent.serve_flows import NODE_FLOW_NAMES
 
     assert set(NODE_FLOW_NAMES) == set(node_flows())
+    auth = httpx.BasicAuth(*(cluster["home"] / "prefect-auth").read_text().strip().split(":", 1))
     for node in cluster["nodes"]:
         for flow in NODE_FLOW_NAMES:
             url = f"{cluster['prefect_api']}/deployments/name/{flow}/{node['name']}"
-            assert httpx.get(url, timeout=5).status_code == 200, url
+            assert httpx.get(url, timeout=5, auth=auth).status_code == 200, url
 
 
 def test_add_replicates_and_get_reads_back(cluster: dict[str, Any], tmp_path: Path) -> None:
@@ -114,7 +115,7 @@ def test_flows_run_on_a_chosen_node_and_private_data_stays_there(
 
     # The private dataset: trains on node-1 only; its blobs are never served or replicated.
     private = json.loads((Path(cluster["nodes"][0]["home"]) / "private.json").read_text())
-    secret = private["secret"]
+    secret = private["secret"]["cid"]
     assert copies(cluster, secret) == ["node-1"]
     for node in cluster["nodes"]:
         assert httpx.get(f"{node['url']}/v1/blobs/{secret}", timeout=5).status_code == 404

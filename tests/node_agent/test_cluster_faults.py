@@ -410,7 +410,7 @@ def test_real_node_refuses_every_write_list_and_delete_route_without_its_own_tok
 def private_blobs(node: Node) -> list[str]:
     """Every blob of the node's private dataset 'secret' (read from its own home)."""
     datasets = json.loads((node.home / "private.json").read_text(encoding="utf-8"))
-    return artifact_blobs(ArtifactStore(node.home, read_only=True), datasets["secret"])
+    return artifact_blobs(ArtifactStore(node.home, read_only=True), datasets["secret"]["cid"])
 
 
 def test_private_blobs_are_never_served_listed_or_copied_by_repair(nodes: Nodes) -> None:

@@ -25,7 +25,7 @@ from artifacts.cluster import open_store
 from artifacts.store import ArtifactStore
 from flows.federated.flow import FED_ATTR, write_client_parts
 from flows.lineage import receipt_index
-from flows.remote import load_private
+from flows.private import load_private
 
 pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
 
@@ -83,7 +83,7 @@ def test_fedavg_on_private_parts_reaches_090(fed_cluster: dict[str, Any], tmp_pa
                 by_node.setdefault(r.body["node"], set()).update(r.body["inputs"])
     assert len(by_node) == 3
     for node in fed_cluster["nodes"]:
-        secret = load_private(node["home"])["federated"]
+        secret = load_private(node["home"])["federated"].cid
         holders = [n for n, inputs in by_node.items() if secret in inputs]
         assert len(holders) == 1
         # The private part's root blob is on its own node only: it never travelled.
