@@ -172,6 +172,7 @@ class NonceStore:
         try:
             if fresh:
                 os.chmod(self.path, 0o600)
+                db.execute("PRAGMA journal_mode=WAL")  # one fsync a request, readers unblocked
             db.execute("CREATE TABLE IF NOT EXISTS used (nonce TEXT PRIMARY KEY, expires REAL)")
             yield db
         finally:

@@ -125,7 +125,8 @@ def test_flows_run_on_a_chosen_node_and_private_data_stays_there(
     assert len(copies(cluster, mine["model"])) >= 2
     assert copies(cluster, secret) == ["node-1"]
     one_error(cli(home, "train", "--dataset", "private:secret", "--node", "node-2",
-                  "--model", "logreg", "--epochs", "1"), "no private dataset 'secret'")  # fmt: skip
+                  "--model", "logreg", "--epochs", "1"),
+              "private dataset 'secret' is not available for train on this node")  # fmt: skip
 
 
 def test_a_killed_node_fails_over_and_repair_restores_r(
