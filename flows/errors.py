@@ -61,3 +61,25 @@ def one_line(exc: BaseException) -> str:
     errors that wrap another library's exception."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+# -- sandboxed user code (flows/sandbox.py); subclasses of FlowError, appended here ----------
+
+
+class SandboxError(FlowError, RuntimeError):
+    """User code could not be run in the sandbox, or its run failed or gave bad outputs."""
+
+
+class SandboxUnavailableError(SandboxError):
+    """No working sandbox backend (bwrap, unshare) on this machine: user code is refused."""
+
+
+class SandboxJobError(SandboxError):
+    """A sandboxed model job failed: non-zero exit, killed at a limit, or outputs refused.
+
+    ``reason`` is one short line (``"timeout"``, ``"cpu limit"``, ``"worker: MemoryError..."``).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
