@@ -53,6 +53,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flows.errors import SandboxUnavailableError
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "JOB_MOUNT",
     "SANDBOX_UID",
     "SandboxLimits",
@@ -128,6 +129,9 @@ class SandboxLimits:
         wall = self.wall_seconds
         if isinstance(wall, bool) or not isinstance(wall, int | float) or not wall > 0:
             raise ValueError(f"SandboxLimits.wall_seconds must be > 0, got {wall!r}")
+
+
+DEFAULT_LIMITS: Final = SandboxLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +275,7 @@ def run_sandboxed(
     *,
     job_dir: str | os.PathLike[str],
     hide: Iterable[str | os.PathLike[str]] = (),
-    limits: SandboxLimits = SandboxLimits(),
+    limits: SandboxLimits = DEFAULT_LIMITS,
     env: Mapping[str, str] | None = None,
     settings: SandboxSettings | None = None,
 ) -> SandboxResult:
@@ -502,13 +506,15 @@ while [ "$1" != "--" ]; do
   shift
 done
 shift
-exec "$@"
+set +e
+"$@"  # not exec: sh turns a death by signal N into exit 128+N (unshare fails to re-raise it)
+exit $?
 """
 
 # Runs inside the sandbox with `python -I -S -c`: drops root (bounding set, groups, gid, uid),
 # sets no_new_privs and the limits, then execs the command. Trusted code: keep it this small.
 _LAUNCHER: Final = r"""
-import ctypes, json, os, resource, sys
+import ctypes, json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
 if os.getuid() == 0:
@@ -524,6 +530,8 @@ if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
     raise SystemExit("sandbox launcher: cannot set no_new_privs")
 for name, soft, hard in cfg["rlimits"]:
     resource.setrlimit(getattr(resource, name), (soft, hard))
+for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; exec would inherit that
+    signal.signal(sig, signal.SIG_DFL)
 os.chdir(cfg["cwd"])
 os.execvp(sys.argv[2], sys.argv[2:])
 """
