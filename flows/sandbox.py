@@ -106,8 +106,8 @@ class SandboxLimits:
     """Resource limits of one sandboxed run (the process limits apply to each process inside).
 
     ``memory_bytes`` is address space (``RLIMIT_AS``), not resident memory: importing torch
-    alone maps ~1.2 GiB and a small CPU training run peaks near 1.6 GiB, hence the 4 GiB
-    default. ``processes`` counts threads too, and counts every process of :data:`SANDBOX_UID`
+    (with one thread) maps ~0.6 GiB and a small CPU training run peaks near 0.7 GiB (measured:
+    torch 2.13, CPU build); 4 GiB leaves room for larger models and library arenas. ``processes`` counts threads too, and counts every process of :data:`SANDBOX_UID`
     on the machine (concurrent sandboxes share it).
     """
 
