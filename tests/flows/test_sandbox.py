@@ -32,6 +32,10 @@ from flows.sandbox_jobs import _read_out, run_model_job
 from flows.training import TrainConfig, evaluate_model, predict_batches, train_model
 from flows.zoo import build_model
 
+# One worker runs them all (make test: --dist loadgroup): the tests count every process of the
+# sandbox's uid on the machine, and RLIMIT_NPROC is shared by that uid.
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 
 def _works(kind: str) -> bool:
     try:
