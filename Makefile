@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: env test lint typecheck pytest postgres demo bench lock clean
+.PHONY: env test lint typecheck pytest postgres bubblewrap demo bench lock clean
 
 env: $(STAMP)
 
@@ -22,7 +22,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) postgres
+pytest: $(STAMP) postgres bubblewrap
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # The registry suite also runs against PostgreSQL (tests/registry/conftest.py starts a
@@ -33,6 +33,16 @@ postgres:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
+# User code on a node runs sandboxed (flows/sandbox.py, tests/flows/test_sandbox.py): install
+# Debian's bwrap when it is missing.
+bubblewrap:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  echo "installing bubblewrap from Debian's packages (sandboxed user code)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
 	fi
 
 test: lint typecheck pytest

@@ -10,7 +10,12 @@
     ├── ShapeMismatchError  (ValueError)       a model whose input does not fit the dataset
     ├── TrainingError       (RuntimeError)     training failed (NaN loss, say)
     ├── HubError            (ValueError)       a Hugging Face repo that cannot be found or read
-    └── AggregationError    (ValueError)       federated updates that cannot be aggregated
+    ├── AggregationError    (ValueError)       federated updates that cannot be aggregated
+    ├── RunRequestError     (PermissionError)  a node refused to run: no valid signed request
+    ├── PrivateDataError    (PermissionError)  a private dataset not held, or its policy says no
+    └── SandboxError        (RuntimeError)     user code could not run sandboxed, or failed
+        ├── SandboxUnavailableError            no working sandbox backend on this machine
+        └── SandboxJobError                    killed at a limit, failed, or outputs refused
 """
 
 from __future__ import annotations
@@ -71,3 +76,22 @@ class RunRequestError(FlowError, PermissionError):
 class PrivateDataError(FlowError, PermissionError):
     """A private dataset that this node does not hold, or whose owner's policy forbids this
     use: both say the same, so the error tells nothing about what the node holds."""
+
+
+class SandboxError(FlowError, RuntimeError):
+    """User code could not be run in the sandbox, or its run failed or gave bad outputs."""
+
+
+class SandboxUnavailableError(SandboxError):
+    """No working sandbox backend (bwrap, unshare) on this machine: user code is refused."""
+
+
+class SandboxJobError(SandboxError):
+    """A sandboxed model job failed: non-zero exit, killed at a limit, or outputs refused.
+
+    ``reason`` is one short line (``"timeout"``, ``"cpu limit"``, ``"worker: MemoryError..."``).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
