@@ -402,8 +402,15 @@ def test_private_blobs_are_never_served(tmp_path: Path) -> None:
                     assert resp.status_code == 404, method  # as if absent: nothing leaks
                 assert client.get("/v1/blobs").json()["cids"] == [str(public)]
                 assert client.get(f"/v1/blobs/{public}").content == b"public data"
-                # Uploading the same bytes is harmless: the sender has them already.
-                assert put(client, b"private data").status_code == 200
+                # Uploading the same bytes answers as for a blob not held (201, not 200: that
+                # would tell the node holds it) and never makes it public, listable or deletable.
+                answer = put(client, b"private data")
+                assert answer.status_code == 201
+                assert answer.json()["created"] is True
+                for method in ("GET", "HEAD", "DELETE"):
+                    resp = client.request(method, f"/v1/blobs/{secret}")
+                    assert resp.status_code == 404, method
+                assert client.get("/v1/blobs").json()["cids"] == [str(public)]
     assert store.get(secret) == b"private data"
 
 
