@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-import pickle
+import pickle  # noqa: TID251 - a same-process round trip of our own object
 from pathlib import Path
 
 import pytest
@@ -118,7 +118,7 @@ def test_cluster_configuration_is_read_and_checked(tmp_path: Path) -> None:
         open_store(home)
     # The format of older cidflow (one token file for every node) is refused, naming the fix.
     _cluster_json(home, {"storage": storage | {"token_file": str(tmp_path / "token")}})
-    with pytest.raises(ArtifactError, match="older cidflow.*cluster down"):
+    with pytest.raises(ArtifactError, match=r"older cidflow.*cluster down"):
         open_store(home)
 
 
