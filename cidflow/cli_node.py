@@ -45,6 +45,30 @@ def _policies(items: tuple[str, ...], private: tuple[str, ...]) -> tuple[tuple[s
     return tuple(out.items())
 
 
+def _registry(given: str | None, file: str | None, from_env: str | None) -> str | None:
+    """The registry target: ``--registry`` (never one with a password: command lines are
+    public), else ``--registry-file``'s content, else ``CIDFLOW_NODE_REGISTRY``."""
+    from registry.registry import redact_url
+
+    if given is not None and redact_url(given) != given:
+        raise click.BadParameter(
+            "a password on the command line is visible to every user (ps): put the URL in "
+            "CIDFLOW_NODE_REGISTRY or in a file given to --registry-file",
+            param_hint="--registry",
+        )
+    if given is not None and file is not None:
+        raise click.BadParameter("give --registry or --registry-file, not both")
+    if file is not None:
+        try:
+            text = Path(file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {file}: {exc.strerror}") from None
+        if not text:
+            raise click.BadParameter(f"{file} is empty", param_hint="--registry-file")
+        return text
+    return given or from_env or None
+
+
 @cli.group("node")
 def node_group() -> None:
     """Run this machine as a node agent: lend disk and compute to the network."""
@@ -63,7 +87,23 @@ def node_group() -> None:
               help="What may leave a private dataset: model (weights, aggregate metrics; the "
               "default), aggregate (federated updates only) or rows (anything). POLICY alone "
               "applies to every --private of this start.")  # fmt: skip
-@click.option("--registry", help="Registry to announce to (URL or SQLite path).")
+@click.option(
+    "--registry",
+    help="Registry to announce to (service URL or SQLite path; one "
+    "with a password: CIDFLOW_NODE_REGISTRY or --registry-file, out of 'ps').",
+)
+@click.option(
+    "--registry-file",
+    type=click.Path(dir_okay=False),
+    help="A file holding the registry target (e.g. a postgresql:// URL).",
+)
+@click.option(
+    "--allow-peer",
+    "peers",
+    multiple=True,
+    metavar="KEY",
+    help="A peer's public key whose signed PUTs (replication) this node accepts.",
+)
 @click.option("--prefect-api", help="Prefect API URL: serve the node-side flows there.")
 @click.option("--prefect-auth-file", type=click.Path(dir_okay=False, path_type=Path),
               help="A 0600 file holding the Prefect API's USER:PASSWORD (or set "
@@ -78,14 +118,16 @@ def node_group() -> None:
 def node_start(
     ctx: click.Context, name: str, node_home: str | None, host: str | None, port: int | None,
     capacity: str | None, max_blob: str | None, private: tuple[str, ...],
-    policies: tuple[str, ...], registry: str | None, prefect_api: str | None,
-    prefect_auth_file: Path | None, coordinators: tuple[str, ...], heartbeat: float,
-    marker: str | None,
+    policies: tuple[str, ...], registry: str | None, registry_file: str | None,
+    peers: tuple[str, ...], prefect_api: str | None, prefect_auth_file: Path | None,
+    coordinators: tuple[str, ...], heartbeat: float, marker: str | None,
 ) -> None:  # fmt: skip
     """Serve blobs over HTTP, announce to the registry, run flows (until Ctrl-C / SIGTERM).
 
-    The write token is the file HOME/token (created on first start, mode 0600). Options not
-    given come from CIDFLOW_NODE_* (HOST, PORT, CAPACITY, MAX_BLOB, ALLOWED_HOSTS)."""
+    The node's own token is the file HOME/token (created on first start, mode 0600): it alone
+    authorises deletes and listings; peers (--allow-peer) may only PUT blobs, signed by their
+    key. Options not given come from CIDFLOW_NODE_* (HOST, PORT, CAPACITY, MAX_BLOB,
+    ALLOWED_HOSTS, REGISTRY)."""
     from node_agent.agent import NodeAgent, NodeOptions
     from node_agent.settings import NodeSettings
 
@@ -95,8 +137,9 @@ def node_start(
         name=name, home=home, host=host or settings.host, port=port or settings.port,
         capacity=parse_size(capacity) if capacity else settings.capacity,
         max_blob=parse_size(max_blob) if max_blob else settings.max_blob,
-        private=_private(private), policies=_policies(policies, private), registry=registry,
-        prefect_api=prefect_api, heartbeat=heartbeat, allowed_hosts=tuple(settings.allowed_hosts),
+        private=_private(private), policies=_policies(policies, private), prefect_api=prefect_api,
+        registry=_registry(registry, registry_file, settings.registry),
+        heartbeat=heartbeat, allowed_hosts=tuple(settings.allowed_hosts), peers=peers,
         prefect_auth_file=prefect_auth_file.expanduser().absolute() if prefect_auth_file else None,
         allowed_coordinators=coordinators,
     )  # fmt: skip

@@ -102,7 +102,7 @@ def registry_serve(
     app = create_app(registry, token=token, host=host, allowed_hosts=allow_hosts)
     scheme = "https" if ssl_certfile else "http"
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"registry: {registry.url}", err=True)
+    click.echo(f"registry: {registry.display_url}", err=True)  # never the password
     click.echo(f"append token: in {token_path}", err=True)
     if print_token:
         click.echo(token)

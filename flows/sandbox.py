@@ -107,8 +107,9 @@ class SandboxLimits:
 
     ``memory_bytes`` is address space (``RLIMIT_AS``), not resident memory: importing torch
     (with one thread) maps ~0.6 GiB and a small CPU training run peaks near 0.7 GiB (measured:
-    torch 2.13, CPU build); 4 GiB leaves room for larger models and library arenas. ``processes`` counts threads too, and counts every process of :data:`SANDBOX_UID`
-    on the machine (concurrent sandboxes share it).
+    torch 2.13, CPU build); 4 GiB leaves room for larger models and library arenas.
+    ``processes`` counts threads too, and counts every process of :data:`SANDBOX_UID` on the
+    machine (concurrent sandboxes share it).
     """
 
     memory_bytes: int = 4 << 30

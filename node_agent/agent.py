@@ -1,9 +1,11 @@
 """``cidflow node start``: the one process an operator runs on a machine that lends disk and
 compute.
 
-It (1) serves the node's blob store over HTTP (:mod:`node_agent.blobs_app`), (2) holds private
-datasets, stored in its own home only and never served or replicated, (3) announces itself to
-the registry with a signed ``node`` entry and re-announces every ``heartbeat`` seconds, and
+It (1) serves the node's blob store over HTTP (:mod:`node_agent.blobs_app`): its own token
+authorises everything, the signatures of its peers' keys (``peers``: the other nodes of its
+cluster, the coordinator) only PUTs of blobs, (2) holds private datasets, stored in its own home
+only (folders 0700, their blob files 0400) and never served or replicated, (3) announces itself
+to the registry with a signed ``node`` entry and re-announces every ``heartbeat`` seconds, and
 (4) with a Prefect API, serves the node-side flows as deployments ``FLOW/NODE`` in child
 processes (:mod:`node_agent.serve_flows`), whose flow runs use the cluster's store through a
 local cache (:mod:`artifacts.cluster`). A child that dies is restarted
@@ -14,6 +16,7 @@ Stopping it (SIGTERM or SIGINT) stops the children too.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -36,7 +39,6 @@ __all__ = ["NodeAgent", "NodeOptions", "private_blob_cids"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 NODE_KEY = "node"  # the same key signs this node's receipts (flows.tasks.NODE_KEY)
-SHARED_FILE = "private-shared.txt"  # private-dataset blobs that arrived by PUT too
 log = logging.getLogger("cidflow.node")
 
 
@@ -59,6 +61,7 @@ class NodeOptions:
     heartbeat: float = 60.0
     max_blob: int = MAX_BLOB
     allowed_hosts: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()  # public keys whose signed PUTs are accepted
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -94,6 +97,33 @@ def _read_secret(path: Path) -> str:
     return text
 
 
+def _content_free(data: bytes) -> bool:
+    """Whether ``data`` is a zarr group's metadata without attributes: the same bytes in every
+    hierarchy with such a group, so holding it tells nothing about any dataset."""
+    if len(data) > 256:
+        return False
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("node_type") == "group" and not doc.get(
+        "attributes"
+    ) and set(doc) <= {"attributes", "zarr_format", "node_type"}  # fmt: skip
+
+
+def hidden_blob_cids(store: ArtifactStore, private_cids: Iterable[str]) -> set[str]:
+    """The private blobs a node hides: all but the content-free ones (see :func:`_content_free`),
+    which any public artifact may share and which peers must be able to read from this node."""
+    return {c for c in private_cids if not _content_free(store.blobs.get(c))}
+
+
+def _protect(store: ArtifactStore, cids: Iterable[str]) -> None:
+    """Make the blob files of private datasets readable by their owner only (0400)."""
+    blobs: Any = store.blobs
+    for cid in cids:
+        os.chmod(blobs.path_of(cid), 0o400)
+
+
 class NodeAgent:
     """One node: prepared by the constructor (home, token, key, private data), run by
     :meth:`serve`."""
@@ -105,7 +135,8 @@ class NodeAgent:
             )
         self.options = options
         self.home = options.home.expanduser().absolute()
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)  # its token, keys and private data are its operator's only
         self.token = load_or_create_token(self.home)
         self.identity = Identity.load_or_create(self.home, NODE_KEY)
         from flows.run_requests import save_allowed_coordinators
@@ -113,13 +144,13 @@ class NodeAgent:
         save_allowed_coordinators(self.home, options.allowed_coordinators)
         # The blobs this node serves and stores for the cluster: always its local folder.
         self.store = ArtifactStore(self.home)
+        os.chmod(self.home / "blobs", 0o700)
         self.private = self._load_private(options.private)
-        # Blobs of private datasets are hidden, except those someone else sent us: the same
-        # bytes in a public artifact (an empty group's metadata, say) are no secret.
-        self._shared_file = self.home / SHARED_FILE
-        self.private_cids = private_blob_cids(self.store, self.private.values())
-        self.private_cids -= self._shared()
-        self._shared_lock = threading.Lock()
+        # Blobs of private datasets are hidden, whoever sends the same bytes later (a PUT never
+        # unhides one); only content-free ones (an empty group's metadata) are served.
+        private = private_blob_cids(self.store, self.private.values())
+        _protect(self.store, private)
+        self.private_cids = hidden_blob_cids(self.store, private)
         self.flows: Supervisor | None = None  # the serving children, once started
         self._stop = threading.Event()
 
@@ -157,24 +188,6 @@ class NodeAgent:
             save_private(self.home, datasets)
         return {name: d.cid for name, d in datasets.items()}
 
-    def _shared(self) -> set[str]:
-        try:
-            return set(self._shared_file.read_text().split())
-        except FileNotFoundError:
-            return set()
-
-    def _stored(self, cid: Any) -> None:
-        """A blob arrived by PUT: if a private dataset holds the same bytes, stop hiding it."""
-        key = str(cid)
-        if key not in self.private_cids:
-            return
-        with self._shared_lock:
-            with open(self._shared_file, "a") as f:
-                f.write(key + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            self.private_cids = self.private_cids - {key}
-
     # -- parts -----------------------------------------------------------------------------------
     def app(self) -> Any:
         from node_agent.blobs_app import create_app
@@ -183,8 +196,8 @@ class NodeAgent:
             self.store.blobs,  # type: ignore[arg-type]  # a LocalBlobStore by construction
             token=self.token, node_id=self.identity.id, name=self.options.name,
             capacity=self.options.capacity, max_blob=self.options.max_blob,
-            allowed_hosts=self.options.allowed_hosts, private=lambda: self.private_cids,
-            on_stored=self._stored,
+            allowed_hosts=self.options.allowed_hosts, private=frozenset(self.private_cids),
+            peers=(*self.options.peers, self.identity.public_key),  # its own flows' outputs
         )  # fmt: skip
 
     def announce(self) -> None:

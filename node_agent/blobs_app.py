@@ -8,16 +8,20 @@ there. Routes (OpenAPI at ``/openapi.json``)::
     GET    /v1/info              -      node id, name, capacity, used bytes, max blob, hardware
     GET    /v1/blobs/{cid}       -      the bytes, streamed; 404 absent (or private)
     HEAD   /v1/blobs/{cid}       -      Content-Length and X-Blob-Mtime; 404 absent (or private)
-    PUT    /v1/blobs/{cid}       yes    201 stored, 200 already held (its time refreshed);
+    PUT    /v1/blobs/{cid}       yes*   201 stored, 200 already held (its time refreshed);
                                         400 the bytes do not hash to the CID (nothing stored);
                                         413 over max_blob; 507 over the node's capacity
     DELETE /v1/blobs/{cid}       yes    204 deleted; 404 absent (or private)
     GET    /v1/blobs             yes    ?after=CID&limit=N → {"cids": [...], "next": CID|null},
                                         CIDs in text order, so paging is stable
 
-- **Token**: ``Authorization: Bearer TOKEN`` (the node's ``HOME/token``), compared in constant
-  time; missing → 401, wrong → 403. There is no default: :func:`create_app` refuses to build
-  without one (DESIGN invariant 5).
+- **Token**: ``Authorization: Bearer TOKEN`` (the node's own ``HOME/token``), compared in
+  constant time; missing → 401, wrong → 403. There is no default: :func:`create_app` refuses to
+  build without one (DESIGN invariant 5). It is the only credential for DELETE and listing.
+- **Peer signatures** (*): a PUT may instead carry ``Authorization: Cidflow-Signature keyid=..,
+  ts=..,sig=..`` by a key on the node's peer allow-list (``peers``; see
+  :class:`node_agent.auth.PeerKeys`): replication, where the node hashes the bytes it is sent.
+  Malformed → 401; unknown key, false or stale signature → 403; nothing is stored.
 - **Uploads** stream to a temporary file of the store while being hashed, never held in memory;
   a ``Content-Length`` over ``max_blob`` is refused before reading, a body growing past it as
   soon as it does. Refusals mid-upload close the connection, so the client stops sending.
@@ -25,7 +29,9 @@ there. Routes (OpenAPI at ``/openapi.json``)::
   507 Insufficient Storage tells "this node is full" from 413 "this blob is too large".
 - **Private blobs** (data that never leaves the machine) are, over HTTP, as if absent: GET,
   HEAD and DELETE answer 404 and listings leave them out, so a peer cannot even learn the node
-  holds them. A PUT of one is accepted: its sender has the bytes already.
+  holds them. A PUT of one answers 201 as for any blob not held (never 200, which would tell
+  that the node holds it), and it stays hidden: a blob sent by a peer does not make a private
+  one public, nor listable or deletable by whoever administers the cluster's storage.
 - **Bad requests**: a malformed CID, a path with ``.``/``..``/empty segments or any percent-
   encoding, or a ``Host`` that is not loopback or an allowed name (DNS rebinding) → 400. Every
   error answers ``{"error": TYPE, "detail": MESSAGE}`` and never names a local path.
@@ -64,12 +70,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from artifacts.blobstore.http import LIST_PAGE, MAX_BLOB, MAX_LIST_PAGE, MTIME_HEADER
+from artifacts.blobstore.http import (
+    LIST_PAGE,
+    MAX_BLOB,
+    MAX_LIST_PAGE,
+    MTIME_HEADER,
+    SIGNATURE_SCHEME,
+)
 from artifacts.blobstore.local import BlobWriter, LocalBlobStore
 from artifacts.cid import CID
 from artifacts.errors import BlobNotFoundError, CorruptBlobError, InvalidCIDError
-from node_agent.auth import check_token
-from node_agent.errors import NodeConfigError
+from node_agent.auth import PeerKeys, check_token
+from node_agent.errors import NodeConfigError, SignatureRefusedError
 from node_agent.hardware import Hardware, probe_hardware
 from registry.service import LOOPBACK, host_of
 
@@ -279,15 +291,12 @@ def create_app(
     private: PrivateCIDs = (),
     hardware: Hardware | None = None,
     probe_gpus: bool = True,
-    on_stored: Callable[[CID], None] | None = None,
+    peers: Iterable[str] = (),
 ) -> FastAPI:
     """The blob server of node ``node_id`` over ``store`` (see the module docstring).
 
-    ``on_stored`` is called with the CID of every accepted PUT: a blob someone sent is no
-    secret of this node, even when a private dataset holds the same bytes (a node agent then
-    stops hiding it, see :class:`node_agent.agent.NodeAgent`).
-
     ``token`` (required, at least 16 characters) guards writes, deletes and listing;
+    ``peers`` are the base32 public keys whose signed PUTs are accepted as well;
     ``capacity`` caps the bytes stored (``None``: no cap); ``max_blob`` caps one upload;
     ``allowed_hosts`` are accepted in the ``Host`` header besides loopback names; ``private``
     names the blobs never served. ``hardware`` is what ``/v1/info`` reports (default: probed on
@@ -299,6 +308,7 @@ def create_app(
     if max_blob < 1 or (capacity is not None and capacity < 0):
         raise NodeConfigError("max_blob must be at least 1 and capacity not negative")
     private_now = _private_view(private)
+    peer_keys = PeerKeys(peers)
     usage = _Usage(store, capacity)
 
     @functools.cache
@@ -313,7 +323,18 @@ def create_app(
         if not secrets.compare_digest(given.credentials.strip().encode("utf-8"), expected):
             raise _Refusal(403, "AuthError", "the bearer token is not valid for this node")
 
+    def require_token_or_peer(request: Request, given: _Bearer) -> None:
+        header = request.headers.get("authorization", "")
+        if given is not None or not header.startswith(SIGNATURE_SCHEME + " "):
+            require_token(given)
+            return
+        try:
+            peer_keys.check(header, request.method, request.url.path)
+        except SignatureRefusedError as exc:
+            raise _Refusal(401 if exc.malformed else 403, "AuthError", str(exc)) from None
+
     token_required = [Depends(require_token)]
+    token_or_peer = [Depends(require_token_or_peer)]
 
     app = FastAPI(
         title="cidflow node agent",
@@ -415,16 +436,19 @@ def create_app(
         return created
 
     @app.put(
-        "/v1/blobs/{cid}", status_code=201, dependencies=token_required, openapi_extra=_PUT_OPENAPI
+        "/v1/blobs/{cid}", status_code=201, dependencies=token_or_peer, openapi_extra=_PUT_OPENAPI
     )
     async def put_blob(key: BlobCID, request: Request) -> Response:
-        """Store the body under ``cid`` if it hashes to it (201; 200 if already held)."""
+        """Store the body under ``cid`` if it hashes to it (201; 200 if already held).
+
+        Needs the node's token or a signature of an allowed peer (``Cidflow-Signature``)."""
+        hidden = str(key) in private_now()  # answered as if not held, and stays hidden
         declared = request.headers.get("content-length")
         if declared is not None and not declared.isdigit():
             raise _Refusal(400, "InvalidRequestError", "Content-Length is not a number")
         if declared is not None and int(declared) > max_blob:
             raise _too_large(int(declared), max_blob)
-        held = await run_in_threadpool(held_size, key)
+        held = 0 if hidden else await run_in_threadpool(held_size, key)
         room = await run_in_threadpool(usage.room)
         if room is not None and declared is not None and int(declared) - held > room:
             raise _full(int(declared) - held, max(room, 0))
@@ -436,7 +460,7 @@ def create_app(
                 if room is not None and writer.size + len(chunk) - held > room:
                     raise _full(writer.size + len(chunk) - held, max(room, 0))
                 writer.write(chunk)
-            created = await run_in_threadpool(commit, writer, held)
+            created = await run_in_threadpool(commit, writer, held) or hidden
         except ClientDisconnect:
             raise _Refusal(400, "ClientDisconnect", "the upload ended early") from None
         except OSError as exc:
@@ -445,8 +469,6 @@ def create_app(
             raise _Refusal(507, "InsufficientStorage", "the node's disk is full") from None
         finally:
             writer.abort()
-        if on_stored is not None:
-            await run_in_threadpool(on_stored, key)
         return JSONResponse(
             {"cid": str(key), "size": writer.size, "created": created},
             status_code=201 if created else 200,

@@ -1,9 +1,15 @@
 """``cidflow cluster up/status/down``: a local cluster on 127.0.0.1 for development and demos.
 
-``up`` starts, as background processes of their own (new sessions, so they outlive the
-command): a Prefect server (SQLite, under ``HOME/prefect``) and N node agents
-(``cidflow node start``) with homes ``HOME/nodes/node-K``, all sharing one token (written into
-every node's ``token`` file). The registry is ``HOME/registry.db``, where nodes announce
+``up`` starts, as background processes of their own (new sessions, so they outlive the command):
+a Prefect server (SQLite, under ``HOME/prefect``) and N node agents (``cidflow node start``)
+with homes ``HOME/nodes/node-K``. Each node has its own credentials, made before it starts: its
+token ``token`` (0600, for everything on that node only) and its key ``keys/node.pem``; the
+cluster home has a coordinator key ``HOME/keys/coordinator.pem``. A node accepts PUTs signed by
+the other nodes' keys and the coordinator's (``--allow-peer``): replication, never deletes. The
+home's ``cluster.json`` names each node's token file (the home's operator runs every node: gc
+and listings) and the coordinator key (its PUTs); a node's own ``cluster.json`` names only its
+own key. No secret is put on a command line (the registry target travels in
+``CIDFLOW_NODE_REGISTRY``). The registry is ``HOME/registry.db``, where nodes announce
 themselves. It then writes ``HOME/cluster.json``, after which ``cidflow --home HOME ...`` stores
 blobs on the cluster (replicated, see :mod:`artifacts.cluster`), runs flows on its nodes and
 reads its registry. ``down`` stops exactly the processes ``up`` recorded (each checked by its
@@ -26,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from artifacts.cluster import CLUSTER_FILE
-from node_agent.auth import TOKEN_FILE
+from node_agent.agent import NODE_KEY
+from node_agent.auth import TOKEN_FILE, load_or_create_token
 from node_agent.errors import NodeConfigError
 from node_agent.serve_flows import NODE_FLOW_NAMES
-from registry.identity import Identity
+from registry.identity import Identity, fingerprint
 
 __all__ = [
     "cluster_down",
@@ -42,8 +49,7 @@ __all__ = [
 
 STOPPED_FILE = "cluster.stopped.json"
 PREFECT_AUTH_FILE = "prefect-auth"
-COORDINATOR_KEY = "coordinator"  # flows.remote.COORDINATOR_KEY (no Prefect import here)
-NODE_KEY = "node"
+COORDINATOR_KEY = "coordinator"  # the cluster home's key: signs run requests and PUTs
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -161,9 +167,6 @@ def cluster_up(
     if existing and any(_alive(p) for p in existing.get("processes", [])):
         raise NodeConfigError(f"a cluster is already up in {home}: run 'cidflow cluster down'")
     home.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    token_file = home / TOKEN_FILE
-    _write_private(token_file, token)
     auth = f"cidflow:{secrets.token_urlsafe(32)}"
     auth_file = home / PREFECT_AUTH_FILE
     _write_private(auth_file, auth)
@@ -185,35 +188,47 @@ def cluster_up(
         started.append((proc, {"role": "prefect", "pid": proc.pid, "marker": "server start"}))
         names = [f"node-{k + 1}" for k in range(nodes)]
         node_ports = {name: _free_port() for name in names}
-        storage_nodes = [
-            {"name": n, "url": f"http://127.0.0.1:{node_ports[n]}"} for n in names
-        ]  # fmt: skip
-        storage = {"replication": replication, "token_file": str(token_file),
-                   "nodes": storage_nodes}  # fmt: skip
+        node_homes = {name: home / "nodes" / name for name in names}
+        keys: dict[str, str] = {}
+        for name, node_home in node_homes.items():  # each node's own credentials, first
+            node_home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            load_or_create_token(node_home)
+            keys[name] = Identity.load_or_create(node_home, NODE_KEY).public_key
+            _write_private(node_home / PREFECT_AUTH_FILE, auth)
+        urls = {n: f"http://127.0.0.1:{node_ports[n]}" for n in names}
+        storage = {
+            "replication": replication,
+            "key_file": str(Identity.path(home, COORDINATOR_KEY)),
+            "nodes": [
+                {"name": n, "url": urls[n], "token_file": str(node_homes[n] / TOKEN_FILE)}
+                for n in names
+            ],
+        }
         _wait_http(f"{api}/health", deadline, proc, "the Prefect server", auth)
         registry = str(home / "registry.db")
-        node_ids: dict[str, str] = {}
+        node_env = env | {"CIDFLOW_NODE_REGISTRY": registry}  # not on the command line
         for name in names:
-            node_home = home / "nodes" / name
-            node_home.mkdir(parents=True, exist_ok=True)
-            _write_private(node_home / TOKEN_FILE, token)
-            _write_private(node_home / PREFECT_AUTH_FILE, auth)
-            node_ids[name] = Identity.load_or_create(node_home, NODE_KEY).id
-            node_storage = storage | {"cache": True}
+            node_home = node_homes[name]
+            node_storage = {"replication": replication, "cache": True,
+                            "key_file": str(Identity.path(node_home, NODE_KEY)),
+                            "nodes": [{"name": n, "url": urls[n]} for n in names]}  # fmt: skip
             _write_json(node_home / CLUSTER_FILE, {"storage": node_storage})
             cmd = [sys.executable, "-m", "cidflow", "node", "start", "--name", name,
                    "--home", str(node_home), "--host", "127.0.0.1",
-                   "--port", str(node_ports[name]), "--registry", registry,
+                   "--port", str(node_ports[name]),
                    "--prefect-api", api, "--marker", marker,
                    "--prefect-auth-file", str(node_home / PREFECT_AUTH_FILE),
                    "--allow-coordinator", coordinator.public_key]  # fmt: skip
+            peers = [coordinator.public_key, *(keys[n] for n in names if n != name)]
+            for key in peers:
+                cmd += ["--allow-peer", key]
             if capacity is not None:
                 cmd += ["--capacity", str(capacity)]
             for item in (private or {}).get(name, []):
                 cmd += ["--private", item]
             for item in (policies or {}).get(name, []):
                 cmd += ["--policy", item]
-            proc = _spawn(cmd, env, home / "logs" / f"{name}.log")
+            proc = _spawn(cmd, node_env, home / "logs" / f"{name}.log")
             started.append((proc, {"role": "node", "name": name, "pid": proc.pid,
                                    "url": f"http://127.0.0.1:{node_ports[name]}",
                                    "home": str(node_home), "marker": marker}))  # fmt: skip
@@ -231,7 +246,7 @@ def cluster_up(
         "storage": storage,
         "prefect_api": api,
         "prefect_auth_file": str(auth_file),
-        "node_ids": node_ids,
+        "node_ids": {n: fingerprint(k) for n, k in keys.items()},
         "coordinator": coordinator.public_key,
         "registry": registry,
         "processes": [info for _, info in started],

@@ -6,6 +6,7 @@ meaning, so callers may catch either::
     NodeAgentError
     ├── InvalidTokenError   (ValueError)       a token that is empty or too short to be secret
     ├── InsecureTokenError  (PermissionError)  a token file that others may read
+    ├── SignatureRefusedError (PermissionError) a peer's request signature that is refused
     └── NodeConfigError     (ValueError)       settings or arguments a node cannot run with
 """
 
@@ -36,6 +37,18 @@ class InsecureTokenError(NodeAgentError, PermissionError):
 
     def __str__(self) -> str:  # PermissionError would otherwise format (errno, strerror)
         return str(self.args[0])
+
+
+class SignatureRefusedError(NodeAgentError, PermissionError):
+    """A request signature that is malformed, from a key not allowed, stale, or false."""
+
+    def __init__(self, reason: str, *, malformed: bool = False) -> None:
+        self.reason = reason
+        self.malformed = malformed
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class NodeConfigError(NodeAgentError, ValueError):

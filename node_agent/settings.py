@@ -36,6 +36,11 @@ class NodeSettings(BaseSettings):
     max_blob: int = Field(
         default=MAX_BLOB, ge=1, description="Largest blob the node accepts in one upload, in bytes."
     )
+    registry: str | None = Field(
+        default=None,
+        description="Registry to announce to (service URL, SQLite path or database URL): here "
+        "rather than on the command line when it holds a password.",
+    )
     probe_gpus: bool = Field(
         default=True,
         description="Import torch (when installed) to count GPUs for /v1/info; off: GPUs are "

@@ -43,7 +43,16 @@ from registry.sql import (
     versions,
 )
 
-__all__ = ["AppendResult", "Head", "NodeInfo", "Registry", "VersionInfo"]
+__all__ = ["AppendResult", "Head", "NodeInfo", "Registry", "VersionInfo", "redact_url"]
+
+_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)[^/]*@", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part masked (``postgresql://u:***@host/db``): the
+    form to print or log."""
+    return _PASSWORD.sub(r"\1***@", url)
+
 
 PAGE_MAX = 1000
 
@@ -161,6 +170,7 @@ class Registry:
 
     def __init__(self, url: str, identity: Identity | None = None) -> None:
         self.url = url
+        self.display_url = redact_url(url)  # what messages show: never the password
         self.engine = create_engine(url)
         self.identity = identity
         with self.engine.begin() as conn:
@@ -170,7 +180,8 @@ class Registry:
                 self._write_head(conn, 0, None)
             elif stored is not None and identity is not None and stored != identity.public_key:
                 raise RegistryError(
-                    f"{url} belongs to another registry key; refusing to sign its heads"
+                    f"{self.display_url} belongs to another registry key; refusing to sign "
+                    "its heads"
                 )
 
     def close(self) -> None:
@@ -186,7 +197,7 @@ class Registry:
     def _write_head(self, conn: sa.Connection, seq: int, hash: str | None) -> Head:
         if self.identity is None:
             raise ReadOnlyRegistryError(
-                f"{self.url} was opened without its registry key: read-only"
+                f"{self.display_url} was opened without its registry key: read-only"
             )
         head = Head(
             seq, hash, self.identity.sign(head_message(seq, hash)), self.identity.public_key
@@ -203,7 +214,7 @@ class Registry:
         with self.engine.connect() as conn:
             raw = conn.execute(sa.select(meta.c.v).where(meta.c.k == "head")).scalar()
         if raw is None:
-            raise RegistryError(f"{self.url} is not an initialised registry")
+            raise RegistryError(f"{self.display_url} is not an initialised registry")
         obj = loads_strict(raw.encode())
         return Head(obj["seq"], obj["hash"], obj["sig"], obj["registry_key"])
 
@@ -221,7 +232,7 @@ class Registry:
             lock_for_append(conn)
             if conn.execute(sa.select(meta.c.v).where(meta.c.k == "source_key")).scalar():
                 raise ReadOnlyRegistryError(
-                    f"{self.url} is a mirror: it only syncs; publish to its source"
+                    f"{self.display_url} is a mirror: it only syncs; publish to its source"
                 )
             last = conn.execute(
                 sa.select(entries.c.seq, entries.c.hash).order_by(entries.c.seq.desc()).limit(1)

@@ -5,9 +5,9 @@ the wire constants below are shared with that server (which imports them from he
 
     GET    /v1/blobs/{cid}               the bytes (public; verified here by BlobStore.get)
     HEAD   /v1/blobs/{cid}               Content-Length, and X-Blob-Mtime (POSIX seconds)
-    PUT    /v1/blobs/{cid}               token; 201 stored, 200 already held (time refreshed),
-                                         400 bytes do not hash to the CID, 413 too large,
-                                         507 the node is full
+    PUT    /v1/blobs/{cid}               token or peer signature; 201 stored, 200 already held
+                                         (time refreshed), 400 bytes do not hash to the CID,
+                                         413 too large, 507 the node is full
     DELETE /v1/blobs/{cid}               token; 204 deleted, 404 not there
     GET    /v1/blobs?after=CID&limit=N   token; {"cids": [...], "next": CID or null}, sorted
 
@@ -17,16 +17,29 @@ CIDs are parsed strictly, and a download larger than ``max_blob`` is cut off. Er
 no connection or a broken one → :class:`PeerUnavailableError` (:class:`PeerTimeoutError` past
 the timeout), anything else unexpected → :class:`PeerError`; each names the peer's URL.
 
-The token is sent as ``Authorization: Bearer TOKEN`` on every request: use ``https://`` for a
-peer that is not on a trusted network.
+Credentials are sent only where they are needed, never on reads (GET, HEAD):
+
+- the node's own token (``Authorization: Bearer TOKEN``) on DELETE and listing: only that
+  node's operator holds it;
+- on PUT, a request signature when the store has a ``signer`` (replication: the node hashes
+  the bytes it receives, so a peer can only add blobs it holds), else the token::
+
+      Authorization: Cidflow-Signature keyid=<fingerprint>,ts=<unix seconds>,sig=<signature>
+
+  ``sig`` is the signer's ed25519 signature (base32, as :mod:`registry.identity` writes it) of
+  ``"PUT /v1/blobs/<cid> <ts>"`` (:func:`signed_message`); a node accepts it from a key on its
+  peer allow-list within a short clock window.
+
+Use ``https://`` for a peer that is not on a trusted network.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 
@@ -42,7 +55,17 @@ from artifacts.errors import (
     PeerUnavailableError,
 )
 
-__all__ = ["LIST_PAGE", "MAX_BLOB", "MAX_LIST_PAGE", "MTIME_HEADER", "HTTPBlobStore"]
+__all__ = [
+    "LIST_PAGE",
+    "MAX_BLOB",
+    "MAX_LIST_PAGE",
+    "MTIME_HEADER",
+    "SIGNATURE_SCHEME",
+    "HTTPBlobStore",
+    "RequestSigner",
+    "signature_header",
+    "signed_message",
+]
 
 #: Header of a HEAD answer giving the blob's last-written time, in POSIX seconds (a float).
 MTIME_HEADER: Final = "X-Blob-Mtime"
@@ -52,13 +75,45 @@ MAX_LIST_PAGE: Final = 10_000
 #: Default largest blob a client downloads and a node accepts, in bytes.
 MAX_BLOB: Final = 128 << 20
 
+#: The ``Authorization`` scheme of a request signed by a peer's key.
+SIGNATURE_SCHEME: Final = "Cidflow-Signature"
+
 _BLOBS: Final = "/v1/blobs"
+
+
+class RequestSigner(Protocol):
+    """What signs requests: an ed25519 key (``registry.identity.Identity`` is one).
+
+    ``id`` is the key's fingerprint, ``public_key`` its base32 public key, and ``sign`` returns
+    the base32 signature of a message."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def public_key(self) -> str: ...
+
+    def sign(self, message: bytes) -> str: ...
+
+
+def signed_message(method: str, path: str, ts: int) -> bytes:
+    """The bytes a request signature covers: ``"METHOD PATH TS"`` (path without the query)."""
+    return f"{method.upper()} {path} {ts}".encode("ascii")
+
+
+def signature_header(signer: RequestSigner, method: str, path: str, ts: int | None = None) -> str:
+    """The ``Authorization`` value for ``method path`` signed by ``signer`` at ``ts`` (now)."""
+    ts = int(time.time()) if ts is None else ts
+    sig = signer.sign(signed_message(method, path, ts))
+    return f"{SIGNATURE_SCHEME} keyid={signer.id},ts={ts},sig={sig}"
 
 
 class HTTPBlobStore(BlobStore):
     """The blobs of the node agent at ``url`` (``http://host:port``).
 
-    ``token`` is the node's bearer token (writes, deletes and listing need it; reads do not).
+    ``token`` is the node's own bearer token, sent on DELETE and listing (and on PUT when there
+    is no ``signer``); ``signer`` signs PUTs (a peer's key on the node's allow-list). Reads
+    carry no credential.
     ``timeout`` bounds each wait for the peer (connect, each read and write) and
     ``connect_timeout`` the connection itself, in seconds. Use as a context manager, or call
     :meth:`close`, to release its connections.
@@ -69,6 +124,7 @@ class HTTPBlobStore(BlobStore):
         url: str,
         *,
         token: str | None = None,
+        signer: RequestSigner | None = None,
         read_only: bool = False,
         hash: HashName = "sha2-256",
         timeout: float = 10.0,
@@ -87,10 +143,9 @@ class HTTPBlobStore(BlobStore):
         self.max_blob = max_blob
         self.page_size = page_size
         self._token = token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._signer = signer
         self._client = httpx.Client(
             base_url=self.url,
-            headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             follow_redirects=False,
         )
@@ -109,11 +164,12 @@ class HTTPBlobStore(BlobStore):
         self._client.close()
 
     def __getstate__(self) -> dict[str, object]:
-        # The token travels with the pickle, like the rest of the configuration: pickle a store
-        # only to hand it to a process of your own.
+        # The token and signer travel with the pickle, like the rest of the configuration:
+        # pickle a store only to hand it to a process of your own.
         return {
             "url": self.url,
             "token": self._token,
+            "signer": self._signer,
             "read_only": self.read_only,
             "hash": self.hash_name,
             "timeout": self.timeout,
@@ -148,9 +204,9 @@ class HTTPBlobStore(BlobStore):
         path = f"{_BLOBS}/{cid}"
         body = data if isinstance(data, bytes) else bytes(data)
         with self._mapped(path):
-            resp = self._client.put(
-                path, content=body, headers={"Content-Type": "application/octet-stream"}
-            )
+            headers = {"Content-Type": "application/octet-stream"}
+            headers |= self._auth("PUT", path)
+            resp = self._client.put(path, content=body, headers=headers)
         if resp.status_code not in (200, 201):
             raise self._refusal(resp, path, cid)
 
@@ -173,7 +229,7 @@ class HTTPBlobStore(BlobStore):
     def _delete(self, cid: CID) -> bool:
         path = f"{_BLOBS}/{cid}"
         with self._mapped(path):
-            resp = self._client.delete(path)
+            resp = self._client.delete(path, headers=self._bearer())
         if resp.status_code == 404:
             return False
         if resp.status_code not in (200, 204):
@@ -187,7 +243,7 @@ class HTTPBlobStore(BlobStore):
             if after is not None:
                 params["after"] = after
             with self._mapped(_BLOBS):
-                resp = self._client.get(_BLOBS, params=params)
+                resp = self._client.get(_BLOBS, params=params, headers=self._bearer())
             if resp.status_code != 200:
                 raise self._refusal(resp, _BLOBS, None)
             cids, after = self._page(resp, after)
@@ -196,6 +252,15 @@ class HTTPBlobStore(BlobStore):
                 return
 
     # -- helpers -------------------------------------------------------------------------------
+    def _bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    def _auth(self, method: str, path: str) -> dict[str, str]:
+        """A write's credential: the signer's signature if there is one, else the token."""
+        if self._signer is not None:
+            return {"Authorization": signature_header(self._signer, method, path)}
+        return self._bearer()
+
     def _page(self, resp: httpx.Response, after: str | None) -> tuple[list[CID], str | None]:
         """The CIDs of one listing page and the cursor of the next (``None``: the last page)."""
         where = self._where(_BLOBS)
@@ -238,9 +303,9 @@ class HTTPBlobStore(BlobStore):
         if status == 404 and cid is not None:
             return BlobNotFoundError(cid, self.url)
         if status == 401:
-            return AccessDeniedError(where, f"a token is required ({detail})", status)
+            return AccessDeniedError(where, f"a credential is required ({detail})", status)
         if status == 403:
-            return AccessDeniedError(where, f"the token was refused ({detail})", status)
+            return AccessDeniedError(where, f"the credential was refused ({detail})", status)
         if status == 400 and kind == "CorruptBlobError" and cid is not None:
             return CorruptBlobError(cid, f"the peer received bytes that do not match: {detail}")
         return PeerError(where, f"HTTP {status}: {kind}: {detail}", status)

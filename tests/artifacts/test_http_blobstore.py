@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import NODE_TOKEN, BlobNode, LiveServer, SharedBlobServer, serve_blobs
+from servers import NODE_TOKEN, BlobNode, LiveServer, SharedBlobServer, blob_app, serve_blobs
 
 from artifacts.blobstore import HTTPBlobStore, LocalBlobStore
 from artifacts.cid import CID, compute_cid
@@ -345,3 +345,43 @@ def test_writer_missing_blob_is_not_found_after_abort(local: LocalBlobStore) -> 
     local.open_writer(cid).abort()
     with pytest.raises(BlobNotFoundError):
         local.get(cid)
+
+
+class _Recorder:
+    """An ASGI app in front of another that records each request's method and headers."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[tuple[str, dict[bytes, bytes]]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.seen.append((scope["method"], dict(scope["headers"])))
+        await self.app(scope, receive, send)
+
+
+def test_credentials_go_only_where_they_are_needed(tmp_path: Path) -> None:
+    """No credential on GET/HEAD; the token on DELETE and listing; a signature on PUT when the
+    store has a signer (else the token)."""
+    from registry.identity import Identity
+
+    signer = Identity.generate()
+    app = blob_app(LocalBlobStore(tmp_path / "n"), peers=[signer.public_key])
+    recorder = _Recorder(app)
+    with (
+        LiveServer(recorder) as server,
+        HTTPBlobStore(server.url, token=NODE_TOKEN, signer=signer) as client,
+    ):
+        cid = client.put(b"signed")
+        assert client.get(cid) == b"signed"
+        assert client.stat(cid).size == 6
+        assert client.has(cid)
+        assert list(client.iter_cids()) == [cid]
+        assert client.delete(cid)
+    auth = [
+        (method, headers.get(b"authorization", b"").decode()) for method, headers in recorder.seen
+    ]
+    assert [m for m, _ in auth] == ["PUT", "GET", "HEAD", "HEAD", "GET", "DELETE"]
+    assert auth[0][1].startswith(f"Cidflow-Signature keyid={signer.id},ts=")
+    assert [a for m, a in auth[1:4]] == ["", "", ""]  # reads carry nothing
+    assert auth[4][1] == auth[5][1] == f"Bearer {NODE_TOKEN}"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import pickle  # noqa: TID251 - a same-process round trip of our own object
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,13 @@ import pytest
 from artifacts.blobstore import LocalBlobStore
 from artifacts.blobstore.tiered import TieredBlobStore
 from artifacts.cid import compute_cid
-from artifacts.cluster import load_cluster_storage, open_store
-from artifacts.errors import ArtifactError, BlobNotFoundError, CorruptBlobError
+from artifacts.cluster import KeyFileSigner, load_cluster_storage, open_store
+from artifacts.errors import (
+    ArtifactError,
+    BlobNotFoundError,
+    ClusterConfigError,
+    CorruptBlobError,
+)
 from artifacts.store import ArtifactStore
 
 
@@ -73,14 +79,18 @@ def test_cluster_configuration_is_read_and_checked(tmp_path: Path) -> None:
     assert load_cluster_storage(home) is None
     assert isinstance(open_store(home).blobs, LocalBlobStore)
     (tmp_path / "token").write_text("t" * 32)
-    storage = {"replication": 2, "token_file": str(tmp_path / "token"),
-               "nodes": [{"name": "a", "url": "http://127.0.0.1:1"},
+    storage = {"replication": 2, "key_file": str(tmp_path / "keys" / "coordinator.pem"),
+               "nodes": [{"name": "a", "url": "http://127.0.0.1:1",
+                          "token_file": str(tmp_path / "token")},
                          {"name": "b", "url": "http://127.0.0.1:2"}]}  # fmt: skip
     _cluster_json(home, {"storage": storage})
     found = load_cluster_storage(home)
     assert found is not None
-    assert found.nodes == (("a", "http://127.0.0.1:1"), ("b", "http://127.0.0.1:2"))
-    assert found.token() == "t" * 32
+    assert [(n.name, n.url) for n in found.nodes] == [
+        ("a", "http://127.0.0.1:1"), ("b", "http://127.0.0.1:2")
+    ]  # fmt: skip
+    assert [n.token() for n in found.nodes] == ["t" * 32, None]  # each node its own, or none
+    assert found.key_file == tmp_path / "keys" / "coordinator.pem"
     store = open_store(home)
     assert type(store.blobs).__name__ == "ReplicatedBlobStore"
     with pytest.raises(ArtifactError, match="gc refused"):
@@ -102,6 +112,28 @@ def test_cluster_configuration_is_read_and_checked(tmp_path: Path) -> None:
     (home / "cluster.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not readable JSON"):
         open_store(home)
-    _cluster_json(home, {"storage": storage | {"token_file": str(tmp_path / "missing")}})
-    with pytest.raises(ArtifactError, match="cannot read the cluster token"):
+    missing = [storage["nodes"][0] | {"token_file": str(tmp_path / "missing")}]
+    _cluster_json(home, {"storage": storage | {"nodes": missing}})
+    with pytest.raises(ArtifactError, match="cannot read the token of node a"):
         open_store(home)
+    # The format of older cidflow (one token file for every node) is refused, naming the fix.
+    _cluster_json(home, {"storage": storage | {"token_file": str(tmp_path / "token")}})
+    with pytest.raises(ArtifactError, match=r"older cidflow.*cluster down"):
+        open_store(home)
+
+
+def test_key_file_signer_is_an_identity_from_its_file(tmp_path: Path) -> None:
+    """The artifacts layer signs with the key file an ``Identity`` wrote: same fingerprint,
+    signatures that ``registry.identity`` verifies; a key others may read is refused."""
+    from registry.identity import Identity, verify_signature
+
+    identity = Identity.create(tmp_path, "coordinator")
+    signer = KeyFileSigner(Identity.path(tmp_path, "coordinator"))
+    assert (signer.id, signer.public_key) == (identity.id, identity.public_key)
+    verify_signature(identity.public_key, signer.sign(b"PUT /v1/blobs/x 1"), b"PUT /v1/blobs/x 1")
+    assert pickle.loads(pickle.dumps(signer)).id == identity.id  # the path travels, not the key
+    Identity.path(tmp_path, "coordinator").chmod(0o644)
+    with pytest.raises(ClusterConfigError, match="readable by others"):
+        KeyFileSigner(Identity.path(tmp_path, "coordinator")).sign(b"x")
+    with pytest.raises(ClusterConfigError, match="cannot read the cluster key"):
+        KeyFileSigner(tmp_path / "none.pem").sign(b"x")

@@ -23,15 +23,25 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import NODE_TOKEN, TEST_HARDWARE, TEST_MAX_BLOB, BlobNode, serve_blobs
+from helpers import snapshot
+from servers import (
+    NODE_TOKEN,
+    TEST_HARDWARE,
+    TEST_MAX_BLOB,
+    BlobNode,
+    SharedBlobServer,
+    serve_blobs,
+)
 
 from artifacts.blobstore import LocalBlobStore
-from artifacts.blobstore.http import MTIME_HEADER
+from artifacts.blobstore.http import MTIME_HEADER, HTTPBlobStore, signature_header
 from artifacts.cid import CID, compute_cid
-from node_agent.auth import TOKEN_FILE, load_or_create_token
+from artifacts.errors import AccessDeniedError
+from node_agent.auth import SIGNATURE_WINDOW, TOKEN_FILE, load_or_create_token
 from node_agent.blobs_app import create_app
 from node_agent.errors import InsecureTokenError, InvalidTokenError, NodeConfigError
 from node_agent.hardware import Gpu, probe_hardware
+from registry.identity import Identity
 
 MiB = 1 << 20
 
@@ -402,8 +412,15 @@ def test_private_blobs_are_never_served(tmp_path: Path) -> None:
                     assert resp.status_code == 404, method  # as if absent: nothing leaks
                 assert client.get("/v1/blobs").json()["cids"] == [str(public)]
                 assert client.get(f"/v1/blobs/{public}").content == b"public data"
-                # Uploading the same bytes is harmless: the sender has them already.
-                assert put(client, b"private data").status_code == 200
+                # Uploading the same bytes answers as for a blob not held (201, not 200: that
+                # would tell the node holds it) and never makes it public, listable or deletable.
+                answer = put(client, b"private data")
+                assert answer.status_code == 201
+                assert answer.json()["created"] is True
+                for method in ("GET", "HEAD", "DELETE"):
+                    resp = client.request(method, f"/v1/blobs/{secret}")
+                    assert resp.status_code == 404, method
+                assert client.get("/v1/blobs").json()["cids"] == [str(public)]
     assert store.get(secret) == b"private data"
 
 
@@ -540,3 +557,90 @@ def test_info_probes_hardware_when_not_given(tmp_path: Path) -> None:
         info = httpx.get(f"{n.url}/v1/info").json()
     assert info["hardware"]["cpu_count"] == os.cpu_count()
     assert info["hardware"] != TEST_HARDWARE.as_json()
+
+
+# -- peers: PUTs signed by an allowed key ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def peer() -> Identity:
+    return Identity.generate()
+
+
+@pytest.fixture
+def peer_node(shared_server: SharedBlobServer, tmp_path: Path, peer: Identity) -> BlobNode:
+    """A blob server that accepts PUTs signed by ``peer``."""
+    return shared_server.node(LocalBlobStore(tmp_path / "peered"), peers=[peer.public_key])
+
+
+def signed_put(
+    node: BlobNode, signer: Identity, data: bytes, *, path: str | None = None, **header: Any
+) -> httpx.Response:
+    target = path or f"/v1/blobs/{compute_cid(data)}"
+    auth = header.pop("auth", None) or signature_header(signer, "PUT", target, **header)
+    return httpx.put(f"{node.url}{target}", content=data, headers={"Authorization": auth})
+
+
+def test_a_put_signed_by_a_peer_is_stored(peer_node: BlobNode, peer: Identity) -> None:
+    data = payload(3000, seed=11)
+    answer = signed_put(peer_node, peer, data)
+    assert answer.status_code == 201, answer.text
+    assert peer_node.store.get(compute_cid(data)) == data
+    assert signed_put(peer_node, peer, data).status_code == 200  # held: its time refreshed
+    # Through the client: a signer signs its PUTs (and nothing else).
+    with HTTPBlobStore(peer_node.url, signer=peer) as client:
+        cid = client.put(b"replicated by a peer")
+        assert peer_node.store.get(cid) == b"replicated by a peer"
+        with pytest.raises(AccessDeniedError):
+            client.delete(cid)
+        with pytest.raises(AccessDeniedError):
+            list(client.iter_cids())
+    assert peer_node.store.has(cid)
+
+
+def _tampered(header: str) -> str:
+    head, sig = header.rsplit("sig=", 1)
+    return f"{head}sig={'a' if sig[0] != 'a' else 'b'}{sig[1:]}"
+
+
+@pytest.mark.parametrize(
+    "case", ["unknown-key", "tampered", "stale", "future", "other-path", "malformed", "no-ts"]
+)
+def test_a_bad_peer_signature_stores_nothing(
+    peer_node: BlobNode, peer: Identity, case: str
+) -> None:
+    kept = peer_node.store.put(b"already there")
+    before = snapshot(peer_node.store.root)
+    data = payload(2000, seed=12)
+    cid = compute_cid(data)
+    path = f"/v1/blobs/{cid}"
+    now = int(time.time())
+    header = {
+        "unknown-key": signature_header(Identity.generate(), "PUT", path),
+        "tampered": _tampered(signature_header(peer, "PUT", path)),
+        "stale": signature_header(peer, "PUT", path, ts=now - SIGNATURE_WINDOW - 60),
+        "future": signature_header(peer, "PUT", path, ts=now + SIGNATURE_WINDOW + 60),
+        "other-path": signature_header(peer, "PUT", f"/v1/blobs/{kept}"),  # replayed elsewhere
+        "malformed": signature_header(peer, "PUT", path).replace("keyid=", "key="),
+        "no-ts": signature_header(peer, "PUT", path).replace(f"ts={now}", "ts="),
+    }[case]
+    answer = signed_put(peer_node, peer, data, auth=header)
+    assert answer.status_code == (401 if case in ("malformed", "no-ts") else 403), answer.text
+    assert answer.json()["error"] == "AuthError"
+    assert not peer_node.store.has(cid)
+    assert snapshot(peer_node.store.root) == before
+
+
+def test_a_peer_signature_never_deletes_nor_lists(peer_node: BlobNode, peer: Identity) -> None:
+    cid = peer_node.store.put(b"stays")
+    before = snapshot(peer_node.store.root)
+    for method, path in (("DELETE", f"/v1/blobs/{cid}"), ("GET", "/v1/blobs")):
+        auth = signature_header(peer, method, path)
+        answer = httpx.request(method, f"{peer_node.url}{path}", headers={"Authorization": auth})
+        assert answer.status_code == 401, (method, answer.text)
+    assert snapshot(peer_node.store.root) == before
+
+
+def test_peer_keys_must_be_public_keys(tmp_path: Path) -> None:
+    with pytest.raises(NodeConfigError, match="not a base32 public key"):
+        create_app(LocalBlobStore(tmp_path / "s"), token=NODE_TOKEN, node_id="n", peers=["x"])

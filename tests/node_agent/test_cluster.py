@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import cli, ok, one_error
+from helpers import cli, ok, one_error, snapshot
 
 from artifacts.cluster import open_store
 
@@ -48,20 +48,69 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         cli(home, "cluster", "down", "--home", str(home))
 
 
+def token_of(node: dict[str, Any]) -> str:
+    return (Path(node["home"]) / "token").read_text().strip()
+
+
 def test_up_reports_prefect_and_nodes_and_tokens_guard_writes(cluster: dict[str, Any]) -> None:
     assert {"prefect_api", "nodes"} <= set(cluster)
     assert httpx.get(f"{cluster['prefect_api']}/health", timeout=5).status_code == 200
     assert [n["name"] for n in cluster["nodes"]] == ["node-1", "node-2", "node-3"]
-    for node in cluster["nodes"]:
+    tokens = [token_of(n) for n in cluster["nodes"]]
+    assert len(set(tokens)) == 3  # each node its own token (they used to share one)
+    assert not (cluster["home"] / "token").exists()
+    for node, token in zip(cluster["nodes"], tokens, strict=True):
         assert {"name", "url", "pid"} <= set(node)
-        token = (Path(node["home"]) / "token").read_text().strip()
         assert oct((Path(node["home"]) / "token").stat().st_mode & 0o777) == "0o600"
+        assert oct(Path(node["home"]).stat().st_mode & 0o777) == "0o700"
+        assert oct((Path(node["home"]) / "blobs").stat().st_mode & 0o777) == "0o700"
         listing = httpx.get(f"{node['url']}/v1/blobs", timeout=5)
         assert listing.status_code == 401
         authed = httpx.get(
             f"{node['url']}/v1/blobs", headers={"Authorization": f"Bearer {token}"}, timeout=5
         )
         assert authed.status_code == 200
+        # A node's own cluster.json names no token (no node holds another node's credential).
+        own = (Path(node["home"]) / "cluster.json").read_text()
+        assert not any(t in own for t in tokens)
+        assert "token_file" not in own
+    # The home administers every node: one token file per node, and a coordinator key.
+    storage = json.loads((cluster["home"] / "cluster.json").read_text())["storage"]
+    assert [Path(n["token_file"]).read_text().strip() for n in storage["nodes"]] == tokens
+    assert Path(storage["key_file"]) == cluster["home"] / "keys" / "coordinator.pem"
+    # No secret on any command line (what ps shows) nor in any log; the registry target
+    # travels in the environment.
+    pids = [cluster["prefect_pid"], *(n["pid"] for n in cluster["nodes"])]
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert not any(t.encode() in cmdline for t in tokens), pid
+        assert b"--registry" not in cmdline
+    for log in (cluster["home"] / "logs").glob("*.log"):
+        text = log.read_text(errors="replace")
+        assert not any(t in text for t in tokens), log
+
+
+def test_a_nodes_token_deletes_and_lists_nothing_on_another_node(cluster: dict[str, Any]) -> None:
+    """node-2's token on node-1: DELETE and listing are refused and the blob stays."""
+    node1, node2 = cluster["nodes"][0], cluster["nodes"][1]
+    data = os.urandom(4096)
+    from artifacts.cid import compute_cid
+
+    cid = str(compute_cid(data))
+    own = {"Authorization": f"Bearer {token_of(node1)}"}
+    assert httpx.put(f"{node1['url']}/v1/blobs/{cid}", content=data, headers=own).status_code == 201
+    blobs = Path(node1["home"]) / "blobs"
+    before = snapshot(blobs)
+    other = {"Authorization": f"Bearer {token_of(node2)}"}
+    answer = httpx.delete(f"{node1['url']}/v1/blobs/{cid}", headers=other, timeout=5)
+    assert answer.status_code in (401, 403), answer.text
+    listing = httpx.get(f"{node1['url']}/v1/blobs", headers=other, timeout=5)
+    assert listing.status_code in (401, 403), listing.text
+    assert "cids" not in listing.text
+    assert snapshot(blobs) == before
+    assert httpx.get(f"{node1['url']}/v1/blobs/{cid}", timeout=5).content == data
+    # node-1's own token still does everything on node-1.
+    assert httpx.delete(f"{node1['url']}/v1/blobs/{cid}", headers=own).status_code == 204
     again = cli(cluster["home"], "cluster", "up", "--nodes", "3", "--home", str(cluster["home"]))
     one_error(again, "already up")
     # up returned only once every node flow was deployed on every node: a run can start now
@@ -117,6 +166,8 @@ def test_flows_run_on_a_chosen_node_and_private_data_stays_there(
     private = json.loads((Path(cluster["nodes"][0]["home"]) / "private.json").read_text())
     secret = private["secret"]["cid"]
     assert copies(cluster, secret) == ["node-1"]
+    secret_file = Path(cluster["nodes"][0]["home"]) / "blobs" / secret[-3:-1] / secret
+    assert oct(secret_file.stat().st_mode & 0o777) == "0o400"  # its owner's only
     for node in cluster["nodes"]:
         assert httpx.get(f"{node['url']}/v1/blobs/{secret}", timeout=5).status_code == 404
     mine = ok(cli(home, "train", "--dataset", "private:secret", "--node", "node-1",

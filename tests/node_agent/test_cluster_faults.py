@@ -1,7 +1,8 @@
 """Faults against real node-agent processes (``cidflow node start``) on 127.0.0.1.
 
-Four nodes run as separate processes for the whole module: ``n1``-``n3`` share one token (the
-cluster), ``n4`` made its own token and holds a private dataset. The client side is built here
+Four nodes run as separate processes for the whole module: ``n1``-``n3`` were given one token
+by hand (as an operator of three machines might), ``n4`` made its own token and holds a private
+dataset. The client side is built here
 (:class:`ReplicatedBlobStore` over :class:`HTTPBlobStore`, or a home with ``cluster.json``).
 Faults are real: bytes flipped in a node's blob files, processes stopped with SIGSTOP,
 terminated, or killed with SIGKILL in the middle of an upload. A test that damages a node
@@ -33,6 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers import snapshot
 
 from artifacts.blobstore import LocalBlobStore
 from artifacts.blobstore.http import HTTPBlobStore
@@ -274,9 +276,10 @@ def write_cluster_json(home: Path, nodes: Iterable[Node], replication: int) -> N
     nodes = list(nodes)
     storage = {
         "replication": replication,
-        "token_file": str(nodes[0].home / "token"),
         "cache": False,
-        "nodes": [{"name": n.name, "url": n.url} for n in nodes],
+        "nodes": [
+            {"name": n.name, "url": n.url, "token_file": str(n.home / "token")} for n in nodes
+        ],
     }
     (home / "cluster.json").write_text(json.dumps({"storage": storage}), encoding="utf-8")
 
@@ -413,9 +416,26 @@ def private_blobs(node: Node) -> list[str]:
     return artifact_blobs(ArtifactStore(node.home, read_only=True), datasets["secret"]["cid"])
 
 
+EMPTY_GROUP = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
+
+
+def hidden_blobs(node: Node) -> list[str]:
+    """The private blobs a node hides: all but the content-free empty-group metadata, which
+    every zarr hierarchy shares (served, see the next test)."""
+    store = ArtifactStore(node.home, read_only=True).blobs
+
+    def content_free(cid: str) -> bool:
+        try:
+            return bool(json.loads(store.get(cid)) == EMPTY_GROUP)
+        except ValueError:
+            return False
+
+    return [c for c in private_blobs(node) if not content_free(c)]
+
+
 def test_private_blobs_are_never_served_listed_or_copied_by_repair(nodes: Nodes) -> None:
     owner = nodes[PRIVATE_NODE]
-    secret = private_blobs(owner)
+    secret = hidden_blobs(owner)
     assert len(secret) > 3
     assert all(owner.holds_intact(c) for c in secret)
     with owner.client() as peer:
@@ -451,7 +471,13 @@ def test_private_blobs_are_never_served_listed_or_copied_by_repair(nodes: Nodes)
     assert all(owner.holds_intact(c) for c in secret)
 
 
-def test_a_public_blob_a_private_node_acknowledged_is_served(nodes: Nodes, tmp_path: Path) -> None:
+def test_a_public_blob_shared_with_a_private_dataset_is_served_and_a_put_unhides_nothing(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """The blobs a public artifact shares with the private dataset are content-free (a group's
+    metadata without attributes): the node serves them. Every other private blob stays hidden
+    even after someone PUTs its bytes, which answers 201 as for a blob not held (200 would tell
+    that the node holds it)."""
     owner = nodes[PRIVATE_NODE]
     other = ArtifactStore(tmp_path / "elsewhere")  # any public artifact
     (other.home / "f.bin").write_bytes(payload(1000))
@@ -460,13 +486,25 @@ def test_a_public_blob_a_private_node_acknowledged_is_served(nodes: Nodes, tmp_p
     assert shared  # the group metadata every zarr hierarchy has
     with owner.client() as peer:
         for cid in shared:
-            peer.put(other.blobs.get(cid), cid=cid)  # acknowledged (200: "already held")
-            assert peer.get(cid) == other.blobs.get(cid)  # someone sent it: no secret now
-    # The rest of the private dataset stays hidden.
-    with owner.client() as peer:
-        for cid in set(private_blobs(owner)) - shared:
-            with pytest.raises(BlobNotFoundError):
-                peer.get(cid)
+            assert peer.get(cid) == other.blobs.get(cid)  # no secret: served without any PUT
+    hidden = sorted(set(private_blobs(owner)) - shared)
+    assert hidden == sorted(set(hidden_blobs(owner)))
+    private = ArtifactStore(owner.home, read_only=True).blobs
+    before = snapshot(owner.home / "blobs")
+    with httpx.Client(base_url=owner.url, timeout=10) as client:
+        auth = {"Authorization": f"Bearer {owner.token}"}
+        for cid in hidden:
+            answer = client.put(f"/v1/blobs/{cid}", content=private.get(cid), headers=auth)
+            assert answer.status_code == 201, answer.text
+            for method in ("GET", "HEAD", "DELETE"):
+                assert client.request(method, f"/v1/blobs/{cid}", headers=auth).status_code == 404
+        assert not set(hidden) & set(client.get("/v1/blobs", headers=auth).json()["cids"])
+    assert {k: v[:3] + v[4:] for k, v in snapshot(owner.home / "blobs").items()} == {
+        k: v[:3] + v[4:] for k, v in before.items()
+    }  # the same files, bytes and modes (only a time refreshed)
+    assert all(owner.holds_intact(c) for c in hidden)
+    for cid in hidden:
+        assert stat.S_IMODE(owner.blob_path(cid).stat().st_mode) == 0o400
 
 
 # -- a node serving corrupted bytes ----------------------------------------------------------------

@@ -83,3 +83,59 @@ def test_bad_options_fail_with_one_line(tmp_path: Path, args: list[str], fragmen
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert fragment in lines[0]
+
+
+def test_a_registry_password_stays_out_of_ps_and_the_log(tmp_path: Path) -> None:
+    """The registry target comes from CIDFLOW_NODE_REGISTRY (or --registry-file), so the
+    password is not in /proc/PID/cmdline (what ps shows) nor in what the node writes; on the
+    command line it is refused, without echoing it."""
+    secret = "S3cret-pw-" + os.urandom(6).hex()
+    url = f"postgresql://cidflow:{secret}@127.0.0.1:{_port()}/registry"  # nothing listens
+    log = tmp_path / "node.log"
+    url_file = tmp_path / "registry.url"
+    url_file.write_text(url + "\n")
+    for how in ("env", "file"):
+        extra = ["--registry-file", str(url_file)] if how == "file" else []
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cidflow", "node", "start", "--name", "n", "--home",
+                 str(tmp_path / how), "--port", str(_port()), *extra],
+                env=_env(**({"CIDFLOW_NODE_REGISTRY": url} if how == "env" else {})),
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            cmdline = b""
+            deadline = time.monotonic() + 10
+            while b"start" not in cmdline and time.monotonic() < deadline:
+                cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+                time.sleep(0.01)
+            assert b"start" in cmdline, cmdline
+            assert secret.encode() not in cmdline
+            assert proc.wait(timeout=60) != 0  # it did try that registry (nothing listens)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+    text = log.read_text(errors="replace")
+    assert "connection" in text.lower()  # it failed on the registry, as expected
+    assert secret not in text
+    refused = subprocess.run(
+        [sys.executable, "-m", "cidflow", "node", "start", "--name", "n", "--home",
+         str(tmp_path / "cli"), "--registry", url],
+        env=_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "CIDFLOW_NODE_REGISTRY" in refused.stderr
+    assert secret not in refused.stdout + refused.stderr
+
+
+def test_redact_url_masks_only_the_password() -> None:
+    from registry.registry import redact_url
+
+    assert redact_url("postgresql://u:p@ss@db:5432/r") == "postgresql://u:***@db:5432/r"
+    assert (
+        redact_url("postgresql+psycopg://u:pw@db/r?x=a@b")
+        == "postgresql+psycopg://u:***@db/r?x=a@b"
+    )
+    for plain in ("sqlite:////a/r.db", "postgresql://u@db/r", "http://127.0.0.1:8750"):
+        assert redact_url(plain) == plain
