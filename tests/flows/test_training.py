@@ -14,6 +14,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from flows.code import CodeTrust
+from flows.code import build_model as build_trusted
 from flows.errors import ModelSpecError, ShapeMismatchError, TrainingError
 from flows.training import (
     TrainConfig,
@@ -24,8 +26,6 @@ from flows.training import (
     predict_batches,
     train_model,
 )
-from flows.code import CodeTrust
-from flows.code import build_model as build_trusted
 from flows.zoo import ZOO, build_model, model_modules
 
 Digits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
