@@ -134,16 +134,27 @@ def _trust(ctx: click.Context, items: tuple[str, ...], *named: str) -> Any:
 
 
 def _model_to_train(
-    ctx: click.Context, model: str, code: str | None, items: tuple[str, ...]
+    ctx: click.Context,
+    model: str,
+    code: str | None,
+    items: tuple[str, ...],
+    *,
+    on_nodes: bool,
 ) -> tuple[Any, Any, list[str]]:
     """(model reference, trust policy, modules for the cache key) of ``--model``/``--code``:
-    what the local user names on the command line is trusted for this run."""
+    what the local user names on the command line is trusted for this run. ``on_nodes``: the
+    model is built by node agents, which never build a local module."""
     from flows.code import code_files, make_ref, model_modules
 
     ref = make_ref(model, code)  # a bad name or CID fails here, before any flow
+    if on_nodes and ref.is_local:
+        raise click.UsageError(
+            f"--model {model}: node agents never build local code; store it as a code "
+            "artifact (cidflow code add DIR) whose CID the nodes' operators trust"
+        )
     named = [ref.code] if ref.code is not None else [model] if ref.is_local else []
     trust = _trust(ctx, items, *named)
-    if ref.code is not None and _cluster(ctx) is None:
+    if ref.code is not None:
         code_files(_store(ctx, read_only=True), ref.code)  # a forged or missing one fails here
     return ref, trust, model_modules(ref)
 
@@ -290,7 +301,8 @@ def train(
 ) -> None:
     """Train a model on a dataset (a Prefect flow; cached by content, receipt signed)."""
     kwargs = _kwargs(model_kwargs)
-    ref, trust, modules = _model_to_train(ctx, model, code, trust_items)
+    on_nodes = _cluster(ctx) is not None
+    ref, trust, modules = _model_to_train(ctx, model, code, trust_items, on_nodes=on_nodes)
     cid, _ = _resolve(ctx, dataset, target)
     params = {"dataset": cid, "model": model, "epochs": epochs, "seed": seed,
               "batch_size": batch_size, "lr": lr, "model_kwargs": kwargs or None,
@@ -478,7 +490,7 @@ def federated(
         raise click.BadParameter(f"--plot {plot}: the file name must end in .png")
     strategy_kwargs = _kwargs(strategy_args, "--strategy-arg")  # before Prefect starts
     nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)
-    ref, trust, _ = _model_to_train(ctx, model, code, trust_items)
+    ref, trust, _ = _model_to_train(ctx, model, code, trust_items, on_nodes=bool(nodes))
     cid, _ = _resolve(ctx, dataset, target)
     _flow_env(ctx, verbose)
     cluster = _cluster(ctx) if nodes else None

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from flows.errors import ModelSpecError, TrainingError
+
+if TYPE_CHECKING:
+    from flows.code import CodeTrust
 
 __all__ = ["ClientResult", "ModelSpec", "evaluate_weights", "local_train"]
 
@@ -35,7 +38,7 @@ class ModelSpec:
     model_kwargs: dict[str, Any] | None = None
     code: str | None = None  # the CID of the code artifact holding ``model`` (module:factory)
 
-    def build(self, trust: Any = None) -> Any:
+    def build(self, trust: CodeTrust | None = None) -> Any:
         """The model, if ``trust`` (a :class:`~flows.code.CodeTrust`; default: the current
         one) allows its code: a spec read from an artifact never imports code by itself."""
         from flows.code import build_model
