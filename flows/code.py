@@ -24,7 +24,14 @@ To build from it, the folder is exported, verified, to ``HOME/code/<cid>/`` (a u
 folder renamed into place) and ``module`` is imported as a sub-module of a synthetic package
 named after that folder: two code artifacts with the same module name never meet in
 ``sys.modules``, and relative imports inside the user's package work (absolute imports of the
-user's own top-level modules do not: the folder is never put on ``sys.path``).
+user's own top-level modules do not: the folder is never put on ``sys.path``). The folder is
+the import root: ``mymod.py`` is module ``mymod``, ``pkg/__init__.py`` package ``pkg``; a
+top-level ``__init__.py`` is never run. Trusting a code CID trusts every module in it.
+
+Receipts and caching: train, evaluate, infer and fed-init take ``code`` (the code CID) as a
+parameter, so it is in their cache keys and receipts; a local module's source joins the code
+hash (:func:`model_modules`), and only once the policy trusts it: an untrusted module is never
+even looked up.
 """
 
 from __future__ import annotations
