@@ -76,6 +76,7 @@ __all__ = [
     "current_trust",
     "is_code",
     "load_factory",
+    "load_model",
     "materialise",
     "model_ref",
     "model_ref_of",
@@ -332,6 +333,31 @@ def build_model(
     factory = resolve_factory(make_ref(model, code), trust=trust, store=store)
     return build(model, input_shape=input_shape, n_classes=n_classes, seed=seed,
                  factory=factory, **kwargs)  # fmt: skip
+
+
+def load_model(store: ArtifactStore, model: str, *, trust: CodeTrust | None = None) -> nn.Module:
+    """Model artifact ``model`` built from its spec and loaded with its weights (eval mode),
+    only if ``trust`` (default: :func:`current_trust`) allows the code the spec names; that
+    is checked before anything is imported. A node passes ``CodeTrust.for_node(cids)``."""
+    art = store.open_artifact(model)
+    spec = art.attrs.get(MODEL_ATTR)
+    if art.kind != "state_dict" or not isinstance(spec, Mapping):
+        raise ModelSpecError(f"{model} is not a cidflow model (kind {art.kind!r})")
+    ref = model_ref(spec)
+    if not ref.is_zoo:
+        trust = trust if trust is not None else current_trust()
+        trust.check(ref)
+    try:
+        shape = tuple(int(n) for n in spec["input_shape"])
+        n_classes, seed = int(spec["n_classes"]), int(spec.get("seed", 0))
+        kwargs = dict(spec.get("model_kwargs") or {})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelSpecError(f"model {model} has a malformed spec: {exc}") from None
+    net = build_model(ref.model, input_shape=shape, n_classes=n_classes, seed=seed,
+                      code=ref.code, trust=trust, store=store, **kwargs)  # fmt: skip
+    net.load_state_dict(art.to_state_dict())
+    net.eval()
+    return net
 
 
 def model_modules(ref: ModelRef) -> list[str]:

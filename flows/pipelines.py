@@ -167,32 +167,18 @@ def train(
 
 
 def _load_model(store: ArtifactStore, model: str, code: str | None) -> Any:
-    """Model artifact ``model`` built and loaded, if the current policy trusts its code, which
-    must be ``code`` (the task's parameter: it puts the code in the key and the receipt)."""
-    from flows.code import build_model, current_trust, make_ref, model_ref
+    """Model artifact ``model`` built and loaded (:func:`flows.code.load_model`: only if the
+    current policy trusts its code), which must be ``code``: the task's parameter, that puts
+    the code in the key and the receipt."""
+    from flows.code import load_model, make_ref, model_ref_of
 
-    art = store.open_artifact(model)
-    spec = _model_spec(store, model)
-    ref = model_ref(spec)
-    trust = None if ref.is_zoo else current_trust()
-    if trust is not None:
-        trust.check(ref)  # before anything is imported
+    ref = model_ref_of(store, model)
     if ref.code != (None if code is None else make_ref(ref.model, code).code):
         raise ModelSpecError(
             f"model {model} is built by code {ref.code}, but the task was given code={code!r}: "
             f"pass code={ref.code!r} (the flows fill it in)"
         )
-    try:
-        shape = tuple(int(n) for n in spec["input_shape"])
-        n_classes, seed = int(spec["n_classes"]), int(spec.get("seed", 0))
-        kwargs = dict(spec.get("model_kwargs") or {})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelSpecError(f"model {model} has a malformed spec: {exc}") from None
-    net = build_model(ref.model, input_shape=shape, n_classes=n_classes, seed=seed,
-                      code=ref.code, trust=trust, store=store, **kwargs)  # fmt: skip
-    net.load_state_dict(art.to_state_dict())
-    net.eval()
-    return net
+    return load_model(store, model)
 
 
 def model_code(model: str, *, store: ArtifactStore | None = None) -> str | None:

@@ -36,6 +36,7 @@ from flows.code import (
     build_model,
     code_files,
     load_factory,
+    load_model,
     materialise,
     put_code,
     read_trusted,
@@ -181,6 +182,8 @@ def test_the_tasks_themselves_refuse_untrusted_model_code(
             pipelines.evaluate.fn(model=model, dataset=attack.dataset)
         with trusting(CodeTrust.for_node()), pytest.raises(UntrustedCodeError):
             pipelines.infer.fn(model=model, dataset=attack.dataset)
+        with pytest.raises(UntrustedCodeError):  # what a node calls, with its allow-list
+            load_model(attack.store, model, trust=CodeTrust.for_node())
     attack.nothing_ran()
 
 
@@ -252,6 +255,14 @@ def test_code_artifacts_load_under_their_own_package(tmp_path: Path) -> None:
     assert (a.answer, b.answer) == (1, 2)  # same module name, two packages in sys.modules
     assert b[1].out_features == 4
     assert load_factory(store.home / "code" / one, "pkg", "make")() == 1
+    # a node builds a model artifact whose code is on its operator's allow-list
+    net = build_model("mymod:build", code=one, trust=trust, **kw)
+    spec = {"model": "mymod:build", "code": one, "input_shape": [FEATURES],
+            "n_classes": CLASSES, "model_kwargs": {}}  # fmt: skip
+    cid = str(store.put_state_dict(net.state_dict(), attrs={pipelines.MODEL_ATTR: spec}))
+    assert load_model(store, cid, trust=CodeTrust.for_node([one])).answer == 1
+    with pytest.raises(UntrustedCodeError, match=one):
+        load_model(store, cid, trust=CodeTrust.for_node([two]))
     assert load_factory(store.home / "code" / two, "pkg.layers", "make")() == 2
     folder = materialise(store, one)
     assert folder == store.home / "code" / one
