@@ -34,6 +34,10 @@ _EXPORTS = {
     "train_flow": "flows.pipelines",
     "evaluate_flow": "flows.pipelines",
     "infer_flow": "flows.pipelines",
+    "CodeTrust": "flows.code",
+    "trusting": "flows.code",
+    "put_code": "flows.code",
+    "UntrustedCodeError": "flows.errors",
     "import_hf": "flows.hf",
     "export_hf": "flows.hf",
     "lineage": "flows.lineage",
@@ -58,6 +62,10 @@ if TYPE_CHECKING:
     from artifacts.settings import ArtifactSettings as ArtifactSettings
     from artifacts.store import ArtifactStore as ArtifactStore
     from artifacts.zarr_store import CASStore as CASStore
+    from flows.code import CodeTrust as CodeTrust
+    from flows.code import put_code as put_code
+    from flows.code import trusting as trusting
+    from flows.errors import UntrustedCodeError as UntrustedCodeError
     from flows.hf import export_hf as export_hf
     from flows.hf import import_hf as import_hf
     from flows.lineage import lineage as lineage

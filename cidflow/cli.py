@@ -410,6 +410,9 @@ del _cli_registry
 from cidflow import cli_flows as _cli_flows  # noqa: E402  (registers the flow commands)
 
 del _cli_flows
+from cidflow import cli_code as _cli_code  # noqa: E402  (registers `code`)
+
+del _cli_code
 from cidflow import cli_hf as _cli_hf  # noqa: E402  (registers the Hugging Face commands)
 
 del _cli_hf

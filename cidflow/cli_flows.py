@@ -111,12 +111,74 @@ def _kwargs(items: tuple[str, ...], flag: str = "--model-kwarg") -> dict[str, An
     return out
 
 
+trust_code_option = click.option(
+    "--trust-code", "trust_items", multiple=True, metavar="CID_OR_MODULE:FACTORY",
+    help="Trust this code artifact (CID) or local module:factory to build the model, for this "
+    "run (repeatable; see cidflow code trust for a lasting allow-list).",
+)  # fmt: skip
+
+
+def _trust(ctx: click.Context, items: tuple[str, ...], *named: str) -> Any:
+    """The run's :class:`~flows.code.CodeTrust`: the home's allow-list, ``--trust-code``
+    values and what this command line itself named (``--code``, ``--model module:factory``)."""
+    from cidflow.cli import _home
+    from flows.code import CodeTrust
+    from flows.errors import UntrustedCodeError
+
+    try:
+        return CodeTrust.for_home(_home(ctx)).trusting(*items, *named)
+    except UntrustedCodeError:
+        raise
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trust-code") from None
+
+
+def _model_to_train(
+    ctx: click.Context,
+    model: str,
+    code: str | None,
+    items: tuple[str, ...],
+    *,
+    on_nodes: bool,
+) -> tuple[Any, Any, list[str]]:
+    """(model reference, trust policy, modules for the cache key) of ``--model``/``--code``:
+    what the local user names on the command line is trusted for this run. ``on_nodes``: the
+    model is built by node agents, which never build a local module."""
+    from flows.code import code_files, make_ref, model_modules
+
+    ref = make_ref(model, code)  # a bad name or CID fails here, before any flow
+    if on_nodes and ref.is_local:
+        raise click.UsageError(
+            f"--model {model}: node agents never build local code; store it as a code "
+            "artifact (cidflow code add DIR) whose CID the nodes' operators trust"
+        )
+    named = [ref.code] if ref.code is not None else [model] if ref.is_local else []
+    trust = _trust(ctx, items, *named)
+    if ref.code is not None:
+        code_files(_store(ctx, read_only=True), ref.code)  # a forged or missing one fails here
+    return ref, trust, model_modules(ref)
+
+
+def _loaded_model(ctx: click.Context, model: str, items: tuple[str, ...]) -> tuple[Any, Any]:
+    """(code CID or None, trust policy) of model artifact ``model``, refused before any flow
+    (and before anything is imported) unless the run trusts its code; its local module, when
+    trusted, joins the cache key (:func:`flows.code.model_modules`)."""
+    from flows.code import model_ref_of
+
+    trust = _trust(ctx, items)
+    ref = model_ref_of(_store(ctx, read_only=True), model)
+    if not ref.is_zoo:
+        trust.check(ref)
+    return ref, trust
+
+
 def _run_flow(
     ctx: click.Context,
     task: str,
     params: dict[str, Any],
     verbose: bool,
     extra_modules: list[str] | None = None,
+    trust: Any = None,
 ) -> dict[str, Any]:
     """Run ``flows.pipelines.<task>_flow(**params)``, unless its result is already cached.
 
@@ -129,6 +191,13 @@ def _run_flow(
     cluster = _cluster(ctx)
     if cluster is not None:  # on a cluster: the run goes to a node (Prefect deployment)
         from node_agent.coordinator import run_on_cluster
+
+        if params.get("code") is not None:
+            raise click.UsageError(
+                "code artifacts do not run on a cluster's nodes yet (they need the nodes' "
+                "sandbox): run without a cluster home"
+            )
+        params = {k: v for k, v in params.items() if k != "code"}  # nodes build no user code
 
         return run_on_cluster(
             _store(ctx), cluster, task, params, node=ctx.obj.get("node"),
@@ -147,13 +216,11 @@ def _run_flow(
         )  # fmt: skip
         if found is not None:
             return {**found, "cached": True}
-    if task == "train":
-        from flows.zoo import model_modules
-
-        model_modules(params["model"])  # an unknown model name fails here, before any flow
     from flows import pipelines
+    from flows.code import CodeTrust, trusting
 
-    result: dict[str, Any] = getattr(pipelines, f"{task}_flow")(**params)
+    with trusting(trust if trust is not None else CodeTrust.for_home(_home(ctx))):
+        result: dict[str, Any] = getattr(pipelines, f"{task}_flow")(**params)
     return result
 
 
@@ -203,8 +270,13 @@ verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show Prefec
 @cli.command()
 @click.option("--dataset", required=True, metavar="REF_OR_CID", help="Dataset to train on.")
 @click.option(
-    "--model", default="mlp", show_default=True, help="logreg, mlp, cnn or module:factory."
-)
+    "--model", default="mlp", show_default=True,
+    help="logreg, mlp, cnn or module:factory (a local module, or one in --code).",
+)  # fmt: skip
+@click.option("--code", metavar="CODE_CID",
+              help="A code artifact (cidflow code add) holding --model's module; naming it "
+              "trusts it for this run.")  # fmt: skip
+@trust_code_option
 @click.option("--epochs", type=click.IntRange(1, 10000), default=10, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=64, show_default=True)
@@ -221,6 +293,8 @@ def train(
     ctx: click.Context,
     dataset: str,
     model: str,
+    code: str | None,
+    trust_items: tuple[str, ...],
     epochs: int,
     seed: int,
     batch_size: int,
@@ -232,12 +306,14 @@ def train(
 ) -> None:
     """Train a model on a dataset (a Prefect flow; cached by content, receipt signed)."""
     kwargs = _kwargs(model_kwargs)
+    on_nodes = _cluster(ctx) is not None
+    ref, trust, modules = _model_to_train(ctx, model, code, trust_items, on_nodes=on_nodes)
     cid, _ = _resolve(ctx, dataset, target)
     params = {"dataset": cid, "model": model, "epochs": epochs, "seed": seed,
-              "batch_size": batch_size, "lr": lr, "model_kwargs": kwargs or None}  # fmt: skip
-    # a user model's module is part of the key (flows.zoo.model_modules, without torch)
-    modules = [model.partition(":")[0]] if ":" in model else []
-    result = _run_flow(ctx, "train", params, verbose, modules)
+              "batch_size": batch_size, "lr": lr, "model_kwargs": kwargs or None,
+              "code": ref.code}  # fmt: skip
+    # a local model's module is part of the key (flows.code.model_modules, without torch)
+    result = _run_flow(ctx, "train", params, verbose, modules, trust)
     m = result["metrics"]
     shown = "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch")
     _report(
@@ -248,18 +324,29 @@ def train(
 @cli.command()
 @click.option("--model", required=True, metavar="REF_OR_CID")
 @click.option("--dataset", required=True, metavar="REF_OR_CID")
+@trust_code_option
 @registry_option
 @_node_option
 @verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def evaluate(
-    ctx: click.Context, model: str, dataset: str, target: str | None, verbose: bool, as_json: bool
+    ctx: click.Context,
+    model: str,
+    dataset: str,
+    trust_items: tuple[str, ...],
+    target: str | None,
+    verbose: bool,
+    as_json: bool,
 ) -> None:
     """Accuracy, loss and confusion matrix of a model on a dataset's test split."""
+    from flows.code import model_modules
+
     model_cid, _ = _resolve(ctx, model, target)
+    ref, trust = _loaded_model(ctx, model_cid, trust_items)
     data_cid, _ = _resolve(ctx, dataset, target)
-    result = _run_flow(ctx, "evaluate", {"model": model_cid, "dataset": data_cid}, verbose)
+    params = {"model": model_cid, "dataset": data_cid, "code": ref.code}
+    result = _run_flow(ctx, "evaluate", params, verbose, model_modules(ref), trust)
     m = result["metrics"]
     lines = [f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}",
              f"metrics artifact (confusion matrix): {result['metrics_artifact']}"]  # fmt: skip
@@ -271,6 +358,7 @@ def evaluate(
 @click.option("--dataset", required=True, metavar="REF_OR_CID")
 @click.option("--split", default="test", show_default=True, help="Which x to predict.")
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=1024, show_default=True)
+@trust_code_option
 @registry_option
 @_node_option
 @verbose_option
@@ -282,15 +370,20 @@ def infer(
     dataset: str,
     split: str,
     batch_size: int,
+    trust_items: tuple[str, ...],
     target: str | None,
     verbose: bool,
     as_json: bool,
 ) -> None:
     """Predict class ids for a dataset, batch by batch; prints the predictions' CID."""
+    from flows.code import model_modules
+
     model_cid, _ = _resolve(ctx, model, target)
+    ref, trust = _loaded_model(ctx, model_cid, trust_items)
     data_cid, _ = _resolve(ctx, dataset, target)
-    params = {"model": model_cid, "dataset": data_cid, "split": split, "batch_size": batch_size}
-    result = _run_flow(ctx, "infer", params, verbose)
+    params = {"model": model_cid, "dataset": data_cid, "split": split, "batch_size": batch_size,
+              "code": ref.code}  # fmt: skip
+    result = _run_flow(ctx, "infer", params, verbose, model_modules(ref), trust)
     _report(result, as_json, [f"predictions: {result['predictions']} ({result['rows']} rows)"])
 
 
@@ -305,7 +398,12 @@ def infer(
               "krum, multikrum.")  # fmt: skip
 @click.option("--strategy-arg", "strategy_args", multiple=True, metavar="KEY=VALUE",
               help="e.g. proximal_mu=0.1, beta=0.2, num_malicious=1")  # fmt: skip
-@click.option("--model", default="mlp", show_default=True)
+@click.option("--model", default="mlp", show_default=True,
+              help="logreg, mlp, cnn or module:factory (local, or in --code).")  # fmt: skip
+@click.option("--code", metavar="CODE_CID",
+              help="A code artifact holding --model's module; naming it trusts it for this "
+              "run.")  # fmt: skip
+@trust_code_option
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Local epochs per round.")  # fmt: skip
@@ -359,7 +457,8 @@ def infer(
 @click.pass_context
 def federated(
     ctx: click.Context, dataset: str, clients: int, partition: str, rounds: int, strategy: str,
-    strategy_args: tuple[str, ...], model: str, seed: int, epochs: int, lr: float,
+    strategy_args: tuple[str, ...], model: str, code: str | None,
+    trust_items: tuple[str, ...], seed: int, epochs: int, lr: float,
     byzantine: int, attack: str, dp_epsilon: float | None, dp_delta: float, dp_clip: float,
     dp_level: str, node_clients: tuple[str, ...], round_timeout: float,
     min_clients: int | None, secure: bool, dropout: float, min_cosine: float | None,
@@ -396,21 +495,24 @@ def federated(
         raise click.BadParameter(f"--plot {plot}: the file name must end in .png")
     strategy_kwargs = _kwargs(strategy_args, "--strategy-arg")  # before Prefect starts
     nodes = _federated_nodes(ctx, node_clients, byzantine, dropout)
+    ref, trust, _ = _model_to_train(ctx, model, code, trust_items, on_nodes=bool(nodes))
     cid, _ = _resolve(ctx, dataset, target)
     _flow_env(ctx, verbose)
     cluster = _cluster(ctx) if nodes else None  # the coordinator's flow runs on its server
+    from flows.code import trusting
     from flows.federated.flow import federated_train
 
-    result: dict[str, Any] = federated_train(
-        dataset=cid, clients=clients, partition=partition, rounds=rounds, strategy=strategy,
-        model=model, seed=seed, epochs=epochs, lr=lr,
-        strategy_args=strategy_kwargs or None, byzantine=byzantine, attack=attack,
-        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, dp_level=dp_level,
-        nodes=nodes,
-        api_url=cluster["prefect_api"] if cluster else None, round_timeout=round_timeout,
-        min_clients=min_clients, secure=secure, dropout=dropout, min_cosine=min_cosine,
-        max_norm_ratio=max_norm_ratio, exclude_after=exclude_after,
-    )  # fmt: skip
+    with trusting(trust):
+        result: dict[str, Any] = federated_train(
+            dataset=cid, clients=clients, partition=partition, rounds=rounds,
+            strategy=strategy, model=model, code=ref.code, seed=seed, epochs=epochs, lr=lr,
+            strategy_args=strategy_kwargs or None, byzantine=byzantine, attack=attack,
+            dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, dp_level=dp_level,
+            nodes=nodes,
+            api_url=cluster["prefect_api"] if cluster else None, round_timeout=round_timeout,
+            min_clients=min_clients, secure=secure, dropout=dropout, min_cosine=min_cosine,
+            max_norm_ratio=max_norm_ratio, exclude_after=exclude_after,
+        )  # fmt: skip
     if plot is not None:
         from flows.federated.report import plot_history
 

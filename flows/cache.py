@@ -4,8 +4,9 @@ A task's cache key is the sha256 of the canonical JSON of (task name, the hash o
 its canonical inputs). Inputs are plain JSON values and CIDs: an artifact enters a task by its
 CID, so one changed byte of input data is a new CID and a miss, while nothing is ever pickled
 or hashed from in-memory tensors (an array, a tensor or a path as input is refused with the
-reason). The code hash covers the task function's source and, for user models given as
-``module:factory``, the whole source of those modules.
+reason). The code hash covers the task function's source and, for local user models given as
+``module:factory`` (trusted: :mod:`flows.code`), the whole source of those modules; a model
+built from a code artifact has the artifact's CID among the task's parameters instead.
 
 :func:`lookup_cached` is the fast path of a rerun: it computes the same key without importing
 Prefect (nor the task's module: the function's source and defaults are read from its file the

@@ -7,6 +7,8 @@
     ├── UncacheableInputError (TypeError)      a task input that cannot be part of a cache key
     ├── DatasetError        (ValueError)       an unknown or unreadable dataset source
     ├── ModelSpecError      (ValueError)       an unknown model, or a user factory that fails
+    │   ├── UntrustedCodeError                 model code the caller did not trust (nothing ran)
+    │   └── CodeArtifactError                  a code artifact that is malformed or forged
     ├── ShapeMismatchError  (ValueError)       a model whose input does not fit the dataset
     ├── TrainingError       (RuntimeError)     training failed (NaN loss, say)
     ├── HubError            (ValueError)       a Hugging Face repo that cannot be found or read
@@ -39,6 +41,21 @@ class DatasetError(FlowError, ValueError):
 
 class ModelSpecError(FlowError, ValueError):
     """An unknown model name, a bad ``module:factory``, or a factory that raised."""
+
+
+class UntrustedCodeError(ModelSpecError):
+    """Model code that the caller did not trust: a code artifact whose CID is not trusted, or a
+    local ``module:factory`` named by data (an artifact's attributes) rather than by the caller.
+    Raised before anything is imported; ``what`` is the CID or ``module:factory``."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
+class CodeArtifactError(ModelSpecError):
+    """A CID named as code that is not a well-formed code artifact (not one at all, a file
+    that is not Python, a path that escapes its folder, a symbolic link in a folder to add)."""
 
 
 class ShapeMismatchError(FlowError, ValueError):

@@ -18,12 +18,21 @@ import numpy as np
 from artifacts.artifact import Artifact
 from artifacts.store import ArtifactStore
 from flows.cache import MODEL_CODE_MODULES
+from flows.code import MODEL_ATTR
 from flows.errors import DatasetError, ModelSpecError
 from flows.tasks import cid_task, current_runtime
 
-__all__ = ["evaluate", "evaluate_flow", "infer", "infer_flow", "train", "train_flow"]
-
-MODEL_ATTR = "cidflow.model"
+__all__ = [
+    "MODEL_ATTR",
+    "evaluate",
+    "evaluate_flow",
+    "infer",
+    "infer_flow",
+    "model_code",
+    "model_spec",
+    "train",
+    "train_flow",
+]
 
 
 def _find(names: Any, split: str, stem: str) -> str | None:
@@ -57,10 +66,45 @@ def _n_classes(art: Artifact, y: np.ndarray) -> int:
 
 
 def _model_modules(**kwargs: Any) -> list[str]:
-    from flows.zoo import model_modules
+    """The train task's code modules: the zoo and training loop, and a local ``module:factory``
+    model's module when the current policy trusts it (an untrusted one is never looked up: the
+    task refuses it before anything is imported)."""
+    return [*MODEL_CODE_MODULES, *_trusted_modules(kwargs.get("model", "mlp"), kwargs.get("code"))]
 
-    spec = kwargs.get("model", "mlp")
-    return [*MODEL_CODE_MODULES, *(model_modules(spec) if isinstance(spec, str) else [])]
+
+def _trusted_modules(model: Any, code: Any) -> list[str]:
+    from flows.code import current_trust, make_ref, model_modules
+
+    if not isinstance(model, str):
+        return []
+    try:
+        ref = make_ref(model, code)
+    except ModelSpecError:
+        return []
+    return model_modules(ref) if not ref.is_zoo and current_trust().allows(ref) else []
+
+
+def _loaded_model_modules(**kwargs: Any) -> list[str]:
+    """evaluate's and infer's code modules: as :func:`_model_modules`, for the spec of the
+    model artifact they load."""
+    try:
+        spec = _model_spec(current_runtime().store, kwargs["model"])
+    except Exception:  # no such model, not a model: the task says why when it runs
+        return list(MODEL_CODE_MODULES)
+    return [*MODEL_CODE_MODULES, *_trusted_modules(spec.get("model"), spec.get("code"))]
+
+
+def model_spec(store: ArtifactStore, model: str) -> dict[str, Any]:
+    """The ``cidflow.model`` attribute of model artifact ``model`` (read, never built)."""
+    return _model_spec(store, model)
+
+
+def _model_spec(store: ArtifactStore, model: str) -> dict[str, Any]:
+    art = store.open_artifact(model)
+    spec = art.attrs.get(MODEL_ATTR)
+    if art.kind != "state_dict" or not isinstance(spec, dict):
+        raise ModelSpecError(f"{model} is not a cidflow model (kind {art.kind!r})")
+    return dict(spec)
 
 
 @cid_task(name="train", extra_modules=_model_modules)
@@ -72,15 +116,22 @@ def train(
     batch_size: int = 64,
     lr: float = 1e-3,
     model_kwargs: dict[str, Any] | None = None,
+    code: str | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset``'s train split; the model artifact holds its weights,
-    spec and per-epoch metrics."""
+    spec and per-epoch metrics. ``model`` is a zoo name or ``module:factory``, from the code
+    artifact ``code`` or the local environment; user code must be trusted by the current
+    :class:`~flows.code.CodeTrust` (checked before anything is read or imported)."""
     from prefect.logging import get_run_logger
 
+    from flows.code import build_model, current_trust, make_ref
     from flows.training import TrainConfig, check_shapes, train_model
-    from flows.zoo import build_model
 
     store = current_runtime().store
+    ref = make_ref(model, code)
+    trust = None if ref.is_zoo else current_trust()
+    if trust is not None:
+        trust.check(ref)  # before anything is read or imported
     log = get_run_logger()
     art = store.open_artifact(dataset)
     x_arr, y_arr = _supervised(art, "train")
@@ -94,8 +145,9 @@ def train(
     n_classes = _n_classes(art, y)
     kwargs = dict(model_kwargs or {})
     net = build_model(
-        model, input_shape=tuple(x.shape[1:]), n_classes=n_classes, seed=seed, **kwargs
-    )
+        model, input_shape=tuple(x.shape[1:]), n_classes=n_classes, seed=seed, code=ref.code,
+        trust=trust, store=store, **kwargs,
+    )  # fmt: skip
     check_shapes(net, x[:1], n_classes)  # a misfit fails here, before any training
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
@@ -105,38 +157,53 @@ def train(
 
     result = train_model(net, x, y, config, x_val=x_val, y_val=y_val, progress=progress,
                          n_classes=n_classes)  # fmt: skip
-    spec = {"model": model, "model_kwargs": kwargs, "input_shape": list(x.shape[1:]),
-            "n_classes": n_classes, "seed": seed, "dataset": dataset}  # fmt: skip
+    spec = {"model": model, "code": ref.code, "model_kwargs": kwargs,
+            "input_shape": list(x.shape[1:]), "n_classes": n_classes, "seed": seed,
+            "dataset": dataset}  # fmt: skip
     cid = store.put_state_dict(
         result.state_dict, attrs={MODEL_ATTR: spec, "metrics": result.metrics}, source="train"
     )
     return {"model": str(cid), "metrics": result.metrics[-1]}
 
 
-def _load_model(store: ArtifactStore, model: str) -> Any:
-    from flows.zoo import build_model
+def _load_model(store: ArtifactStore, model: str, code: str | None) -> Any:
+    """Model artifact ``model`` built and loaded (:func:`flows.code.load_model`: only if the
+    current policy trusts its code), which must be ``code``: the task's parameter, that puts
+    the code in the key and the receipt."""
+    from flows.code import load_model, make_ref, model_ref_of
 
-    art = store.open_artifact(model)
-    spec = art.attrs.get(MODEL_ATTR)
-    if art.kind != "state_dict" or not isinstance(spec, dict):
-        raise ModelSpecError(f"{model} is not a cidflow model (kind {art.kind!r})")
-    net = build_model(
-        spec["model"], input_shape=tuple(spec["input_shape"]), n_classes=int(spec["n_classes"]),
-        seed=int(spec.get("seed", 0)), **spec.get("model_kwargs", {}),
-    )  # fmt: skip
-    net.load_state_dict(art.to_state_dict())
-    net.eval()
-    return net
+    ref = model_ref_of(store, model)
+    if ref.code != (None if code is None else make_ref(ref.model, code).code):
+        raise ModelSpecError(
+            f"model {model} is built by code {ref.code}, but the task was given code={code!r}: "
+            f"pass code={ref.code!r} (the flows fill it in)"
+        )
+    return load_model(store, model)
 
 
-@cid_task(name="evaluate", extra_modules=MODEL_CODE_MODULES)
-def evaluate(model: str, dataset: str, batch_size: int = 256) -> dict[str, Any]:
-    """Accuracy, loss and confusion matrix on the test split, stored as a metrics artifact."""
+def model_code(model: str, *, store: ArtifactStore | None = None) -> str | None:
+    """The code CID of model artifact ``model`` (``None``: the zoo or a local module), after
+    the current :class:`~flows.code.CodeTrust` allowed it: what evaluate and infer take as
+    ``code``. Raises :class:`~flows.errors.UntrustedCodeError` otherwise; imports nothing."""
+    from flows.code import current_trust, model_ref
+
+    ref = model_ref(_model_spec(store or current_runtime().store, model))
+    if not ref.is_zoo:
+        current_trust().check(ref)
+    return ref.code
+
+
+@cid_task(name="evaluate", extra_modules=_loaded_model_modules)
+def evaluate(
+    model: str, dataset: str, batch_size: int = 256, code: str | None = None
+) -> dict[str, Any]:
+    """Accuracy, loss and confusion matrix on the test split, stored as a metrics artifact.
+    ``code``: the model's code CID (:func:`model_code`), so that it is in the key and receipt."""
     from flows.training import evaluate_model
 
     store = current_runtime().store
     x_arr, y_arr = _supervised(store.open_artifact(dataset), "test")
-    net = _load_model(store, model)
+    net = _load_model(store, model, code)
     metrics = evaluate_model(
         net, np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64),
         batch_size=batch_size,
@@ -152,10 +219,16 @@ def evaluate(model: str, dataset: str, batch_size: int = 256) -> dict[str, Any]:
     return {"metrics": scalars, "metrics_artifact": str(cid)}
 
 
-@cid_task(name="infer", extra_modules=MODEL_CODE_MODULES)
-def infer(model: str, dataset: str, split: str = "test", batch_size: int = 1024) -> dict[str, Any]:
+@cid_task(name="infer", extra_modules=_loaded_model_modules)
+def infer(
+    model: str,
+    dataset: str,
+    split: str = "test",
+    batch_size: int = 1024,
+    code: str | None = None,
+) -> dict[str, Any]:
     """Predicted class ids for every row of the dataset's ``x``, computed and written batch by
-    batch (the dataset never has to fit in memory)."""
+    batch (the dataset never has to fit in memory). ``code``: as for :func:`evaluate`."""
     from flows.training import predict_batches
 
     store = current_runtime().store
@@ -165,7 +238,7 @@ def infer(model: str, dataset: str, split: str = "test", batch_size: int = 1024)
     if xname is None:
         raise DatasetError(f"dataset {dataset} has no {split}/x or x array")
     x = art.array(xname)
-    net = _load_model(store, model)
+    net = _load_model(store, model, code)
     rows = int(x.shape[0])
     row_bytes = max(1, math.prod(x.shape[1:]) * 4)
     block = _read_block_rows(batch_size, int(x.chunks[0]) if x.ndim else 1, row_bytes)
@@ -230,10 +303,12 @@ def _prediction_buffer(store: ArtifactStore, rows: int) -> Iterator[np.ndarray]:
             del buffer
 
 
-def _flow(name: str, step: Any) -> Any:
+def _flow(name: str, step: Any, loads_model: bool = False) -> Any:
     from prefect import flow
 
     def run(**kwargs: Any) -> dict[str, Any]:
+        if loads_model and kwargs.get("code") is None:  # the model's code, once it is trusted
+            kwargs["code"] = model_code(kwargs["model"])
         state = step(return_state=True, **kwargs)
         result: dict[str, Any] = dict(state.result())
         result["cached"] = state.name == "Cached"
@@ -244,5 +319,5 @@ def _flow(name: str, step: Any) -> Any:
 
 
 train_flow = _flow("cidflow-train", train)
-evaluate_flow = _flow("cidflow-evaluate", evaluate)
-infer_flow = _flow("cidflow-infer", infer)
+evaluate_flow = _flow("cidflow-evaluate", evaluate, loads_model=True)
+infer_flow = _flow("cidflow-infer", infer, loads_model=True)

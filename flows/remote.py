@@ -299,12 +299,16 @@ def start_on_node(
 
 
 def _made_by(attrs: dict[str, Any], parameters: dict[str, Any]) -> bool:
-    """Whether an output's own attributes agree with the run that claims it: a model's spec
-    (``cidflow.model``: model, seed, dataset), a metrics or predictions artifact's model and
-    dataset. A receipt can name any CID; the artifact says what made it."""
-    spec = attrs.get("cidflow.model")
+    """Whether an output's own attributes agree with the run (its receipt's ``parameters``)
+    that claims it: a federated update's round, base model and data (``cidflow.federated``),
+    a trained model's spec (``cidflow.model``: model, seed, dataset), a metrics or predictions
+    artifact's model and dataset. A receipt can name any CID; the artifact says what made it."""
+    fed, spec = attrs.get("cidflow.federated"), attrs.get("cidflow.model")
     pairs = [(k, attrs.get(k)) for k in ("model", "dataset")]
-    if isinstance(spec, dict):
+    if isinstance(fed, dict) and "update_of" in fed:
+        pairs = [(k, fed.get(f)) for k, f in (("global_model", "update_of"), ("round", "round"),
+                                             ("data", "data"))]  # fmt: skip
+    elif isinstance(spec, dict):
         pairs += [(k, spec.get(k)) for k in ("model", "seed", "dataset")]
     return all(parameters[k] == v for k, v in pairs if v is not None and k in parameters)
 

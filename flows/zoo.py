@@ -16,9 +16,11 @@ Every model maps a batch ``(batch, *input_shape)`` of float32 features to logits
     (``(H, W)`` or ``(C, H, W)``) when given, else to a one-channel square when ``N`` is a perfect
     square (scikit-learn digits: 64 features → ``1×8×8``).
 ``module:factory``
-    a user model: ``module`` is imported and ``factory(input_shape=..., n_classes=..., **kwargs)``
-    must return a :class:`torch.nn.Module`. ``factory`` may be a dotted attribute path. The
-    module's source belongs in the cache key (see :func:`model_modules`).
+    a user model: ``factory(input_shape=..., n_classes=..., **kwargs)`` must return a
+    :class:`torch.nn.Module`. This module never imports user code: the caller passes the
+    factory, which :mod:`flows.code` resolves only when the caller trusts it (a code
+    artifact's CID, or a local module the caller named); the module's source, or the code
+    artifact's CID, belongs in the cache key (see :func:`model_modules`).
 
 Parameters are initialised from ``seed`` in a forked RNG, so building the same spec twice gives
 identical weights and the global torch RNG is left untouched.
@@ -26,7 +28,6 @@ identical weights and the global torch RNG is left untouched.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from typing import Any, Final
@@ -34,7 +35,7 @@ from typing import Any, Final
 import torch
 from torch import nn
 
-from flows.errors import ModelSpecError
+from flows.errors import ModelSpecError, UntrustedCodeError
 
 __all__ = ["ZOO", "build_model", "model_modules"]
 
@@ -47,23 +48,34 @@ def build_model(
     input_shape: tuple[int, ...],
     n_classes: int,
     seed: int = 0,
+    factory: Callable[..., Any] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """The model named by ``spec`` for samples of ``input_shape`` and ``n_classes`` classes.
 
-    ``seed`` fixes the initial weights (it is not passed on to a user factory). Raises
-    :class:`ModelSpecError` for an unknown name, bad keyword arguments, or a user factory that
-    cannot be imported, raises, or returns something other than an ``nn.Module``.
+    ``seed`` fixes the initial weights (it is not passed on to a user factory). A user model
+    ``module:factory`` is built by ``factory``, the callable the caller resolved (and trusted,
+    see :func:`flows.code.build_model`); without it, :class:`UntrustedCodeError`: nothing is
+    ever imported here. Raises :class:`ModelSpecError` for an unknown name, bad keyword
+    arguments, or a user factory that raises or returns something other than an ``nn.Module``.
     """
     shape = _check_shape(input_shape)
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
         raise ModelSpecError(f"n_classes must be a positive integer, got {n_classes!r}")
     builder: Callable[[], nn.Module]
     if ":" in spec:
-        factory = _resolve_factory(spec)
+        _split_spec(spec)
+        if factory is None:
+            raise UntrustedCodeError(
+                f"model factory {spec!r}: flows.zoo builds user models only from a factory the "
+                f"caller resolved (flows.code.build_model with a trust policy; --trust-code "
+                f"{spec} on the command line)",
+                spec,
+            )
+        user_factory = factory
 
         def builder() -> nn.Module:
-            return _call_factory(spec, factory, shape, n_classes, kwargs)
+            return _call_factory(spec, user_factory, shape, n_classes, kwargs)
 
     elif spec == "logreg":
 
@@ -197,27 +209,6 @@ def _split_spec(spec: str) -> tuple[str, str]:
     if not module or not attr or ":" in attr:
         raise ModelSpecError(f"bad user model {spec!r}: expected 'module:factory'")
     return module, attr
-
-
-def _resolve_factory(spec: str) -> Callable[..., Any]:
-    module_name, attr = _split_spec(spec)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # an ImportError, or anything the module raises at import
-        raise ModelSpecError(
-            f"model factory {spec!r}: cannot import module {module_name!r}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise ModelSpecError(
-                f"model factory {spec!r}: module {module_name!r} has no attribute {attr!r}"
-            ) from exc
-    if not callable(obj):
-        raise ModelSpecError(f"model factory {spec!r} is not callable")
-    return obj  # type: ignore[no-any-return]
 
 
 def _call_factory(

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from flows.errors import ModelSpecError, TrainingError
+
+if TYPE_CHECKING:
+    from flows.code import CodeTrust
 
 __all__ = ["ClientResult", "ModelSpec", "evaluate_weights", "local_train"]
 
@@ -33,13 +36,16 @@ class ModelSpec:
     n_classes: int
     seed: int = 0
     model_kwargs: dict[str, Any] | None = None
+    code: str | None = None  # the CID of the code artifact holding ``model`` (module:factory)
 
-    def build(self) -> Any:
-        from flows.zoo import build_model
+    def build(self, trust: CodeTrust | None = None) -> Any:
+        """The model, if ``trust`` (a :class:`~flows.code.CodeTrust`; default: the current
+        one) allows its code: a spec read from an artifact never imports code by itself."""
+        from flows.code import build_model
 
         return build_model(
             self.model, input_shape=self.input_shape, n_classes=self.n_classes, seed=self.seed,
-            **(self.model_kwargs or {}),
+            code=self.code, trust=trust, **(self.model_kwargs or {}),
         )  # fmt: skip
 
     def initial_weights(self) -> Weights:

@@ -38,7 +38,6 @@ import numpy as np
 from prefect import flow
 
 from artifacts.errors import ArtifactError, InvalidCIDError
-from flows.cache import MODEL_CODE_MODULES
 from flows.errors import AggregationError, FlowError, one_line
 from flows.federated.attacks import SILENT, active_attack, apply_attack, check_attack
 from flows.federated.client import state_to_weights
@@ -61,10 +60,36 @@ def _spec_of(art: Any) -> dict[str, Any]:
 
 
 def _model_spec(spec: dict[str, Any]) -> Any:
+    """The :class:`ModelSpec` of a model artifact's spec, its code allowed by the current
+    :class:`~flows.code.CodeTrust` (checked here, before anything is imported)."""
+    from flows.code import current_trust, model_ref
     from flows.federated.client import ModelSpec
 
-    return ModelSpec(spec["model"], tuple(spec["input_shape"]), int(spec["n_classes"]),
-                     int(spec.get("seed", 0)), spec.get("model_kwargs") or None)  # fmt: skip
+    ref = model_ref(spec)
+    if not ref.is_zoo:
+        current_trust().check(ref)
+    return ModelSpec(ref.model, tuple(spec["input_shape"]), int(spec["n_classes"]),
+                     int(spec.get("seed", 0)), spec.get("model_kwargs") or None,
+                     ref.code)  # fmt: skip
+
+
+def _spec_modules(model: Any) -> list[str]:
+    """The code modules of a federated step that builds model artifact ``model``: the zoo and
+    training loop, and its local ``module:factory``'s module when the current policy trusts
+    it (a code artifact's CID is pinned by the model's CID, which is in the key)."""
+    from flows.pipelines import _loaded_model_modules
+
+    return _loaded_model_modules(model=model)
+
+
+def _init_modules(**kwargs: Any) -> list[str]:
+    from flows.pipelines import _model_modules
+
+    return _model_modules(model=kwargs.get("model"), code=kwargs.get("code"))
+
+
+def _client_modules(**kwargs: Any) -> list[str]:
+    return _spec_modules(kwargs.get("global_model"))
 
 
 def _weights(cid: str) -> tuple[Weights, dict[str, Any]]:
@@ -158,24 +183,35 @@ def split_clients(dataset: str, clients: int, partition: str, seed: int) -> dict
     return {"clients": out, "sizes": [len(p) for p in parts]}
 
 
-@cid_task(name="fed-init", extra_modules=MODEL_CODE_MODULES)
+@cid_task(name="fed-init", extra_modules=_init_modules)
 def init_model(
-    dataset: str, model: str, seed: int, model_kwargs: dict[str, Any] | None = None
+    dataset: str,
+    model: str,
+    seed: int,
+    model_kwargs: dict[str, Any] | None = None,
+    code: str | None = None,
 ) -> dict[str, Any]:
-    """Round 0: the seeded initial global model for the dataset's shapes and classes."""
+    """Round 0: the seeded initial global model for the dataset's shapes and classes.
+    ``model`` with ``code`` (a code artifact's CID) as for :func:`~flows.pipelines.train`."""
+    from flows.code import current_trust, make_ref
     from flows.federated.client import ModelSpec
     from flows.pipelines import _n_classes, _supervised
 
+    ref = make_ref(model, code)
+    if not ref.is_zoo:
+        current_trust().check(ref)  # before anything is read or imported
     art = current_runtime().store.open_artifact(dataset)
     x_arr, y_arr = _supervised(art, "train")
     n_classes = _n_classes(art, np.asarray(y_arr[...]))
-    spec = ModelSpec(model, tuple(int(n) for n in x_arr.shape[1:]), n_classes, seed, model_kwargs)
-    as_json = {"model": model, "model_kwargs": model_kwargs or {}, "n_classes": n_classes,
+    spec = ModelSpec(model, tuple(int(n) for n in x_arr.shape[1:]), n_classes, seed,
+                     model_kwargs, ref.code)  # fmt: skip
+    as_json = {"model": model, "code": ref.code, "model_kwargs": model_kwargs or {},
+               "n_classes": n_classes,
                "input_shape": list(spec.input_shape), "seed": seed, "dataset": dataset}  # fmt: skip
     return {"model": _put_model(spec.initial_weights(), as_json, {"round": 0}, "federated")}
 
 
-@cid_task(name="fed-client", extra_modules=MODEL_CODE_MODULES)
+@cid_task(name="fed-client", extra_modules=_client_modules)
 def client_round(
     global_model: str,
     data: str,
@@ -198,10 +234,10 @@ def client_round(
     from flows.federated.client import evaluate_weights, local_train
 
     weights, spec = _weights(global_model)
+    model_spec = _model_spec(spec)  # the code is trusted before anything else is read
     art = current_runtime().store.open_artifact(data)
     x, y = _xy(art, "train")
     held = _xy(art, "test") if _has_split(art, "test") else (x, y)
-    model_spec = _model_spec(spec)
     evaluation = evaluate_weights(model_spec, weights, *held)
     key: dict[str, str] = {}
     if secure is not None:
@@ -476,8 +512,12 @@ def federated_train_fn(
     min_cosine: float | None = None,
     max_norm_ratio: float | None = None,
     exclude_after: int | None = None,
+    code: str | None = None,
 ) -> dict[str, Any]:
     """The rounds (see the module docstring); returns the final model, history, accuracy.
+
+    ``model`` with ``code`` (a code artifact's CID) must be allowed by the current
+    :class:`~flows.code.CodeTrust` (:func:`~flows.code.trusting`): checked before any round.
 
     ``nodes`` (``[NODE, DATASET]`` pairs) selects cluster mode, with ``api_url`` the cluster's
     Prefect API; ``clients``/``partition``/``byzantine``/``dropout`` are simulation settings.
@@ -500,6 +540,11 @@ def federated_train_fn(
 
     if strategy not in STRATEGIES:
         raise AggregationError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
+    from flows.code import current_trust, make_ref
+
+    ref = make_ref(model, code)
+    if not ref.is_zoo:
+        current_trust().check(ref)  # untrusted code fails before any round
     n_clients = len(nodes) if nodes else clients
     if rounds < 1 or n_clients < 1:
         raise FlowError("rounds and clients must be at least 1")
@@ -556,7 +601,8 @@ def federated_train_fn(
         labels = [f"client-{k}" for k in range(clients)]
         client_data = list(parts["clients"])
         runner = LocalClients(dict(zip(labels, client_data, strict=True)), dropout, seed)
-    current = init_model(dataset=dataset, model=model, seed=seed, model_kwargs=model_kwargs)
+    current = init_model(dataset=dataset, model=model, seed=seed, model_kwargs=model_kwargs,
+                         code=ref.code)  # fmt: skip
     global_model, state = str(current["model"]), None
     keys: dict[str, str] = {}
     if secure:  # each client's public key (an evaluation-only call that also returns it)
@@ -631,7 +677,7 @@ def federated_train_fn(
                 excluded.append(c)
                 log.warning("round %d: %s excluded from later rounds: %d of its updates were "
                             "rejected", rnd, c, exclude_after)  # fmt: skip
-        metrics = evaluate(model=global_model, dataset=dataset)["metrics"]
+        metrics = evaluate(model=global_model, dataset=dataset, code=ref.code)["metrics"]
         row: dict[str, Any] = {"round": rnd, "accuracy": float(metrics["accuracy"]),
                "loss": float(metrics["loss"]), "rejected": len(agg["rejected"]),
                "clients": len(answered), "federated_accuracy": None, "client_accuracy": {},

@@ -9,6 +9,7 @@ import pytest
 
 import flows.pipelines as pipelines
 from artifacts.store import ArtifactStore
+from flows.code import CodeTrust, trusting
 from flows.tasks import Runtime, runtime
 from flows.zoo import build_model
 from registry.identity import Identity
@@ -35,7 +36,7 @@ def test_infer_streams_predictions_the_same_way_in_memory_or_spilled(
     with runtime(Runtime(store, Identity.create(tmp_path / "keys"))):
         out = pipelines.infer.fn(model=model, dataset=dataset, batch_size=333)
     predictions = store.open_artifact(out["predictions"]).to_numpy()["predictions"]
-    net = pipelines._load_model(store, model)
+    net = pipelines._load_model(store, model, None)
     import torch
 
     with torch.no_grad():
@@ -55,9 +56,16 @@ def test_model_code_is_part_of_every_model_steps_key() -> None:
     for task in (pipelines.train, pipelines.evaluate, pipelines.infer):
         modules = task.cache_policy.modules({"model": "mlp", "dataset": "x"})
         assert set(MODEL_CODE_MODULES) <= set(modules), task.name
-    assert "tests_user_model" in pipelines.train.cache_policy.modules(
+    # A local module's source joins the key only when the run trusts it (an untrusted one is
+    # never even looked up: the task refuses it before anything is imported).
+    untrusted = pipelines.train.cache_policy.modules(
         {"model": "tests_user_model:make", "dataset": "x"}
     )
+    assert "tests_user_model" not in untrusted
+    with trusting(CodeTrust.of(["tests_user_model:make"])):
+        assert "tests_user_model" in pipelines.train.cache_policy.modules(
+            {"model": "tests_user_model:make", "dataset": "x"}
+        )
     # Read from the file without importing, yet exactly what inspect.getsource gives.
     for module in (flows.training, flows.zoo):
         assert _module_source(module.__name__) == inspect.getsource(module).encode()

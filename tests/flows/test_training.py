@@ -14,6 +14,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from flows.code import CodeTrust
+from flows.code import build_model as build_trusted
 from flows.errors import ModelSpecError, ShapeMismatchError, TrainingError
 from flows.training import (
     TrainConfig,
@@ -184,7 +186,9 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 def test_user_model_factory(digits: Digits, user_module: str) -> None:
     x, y, xt, yt = digits
     spec = f"{user_module}:make"
-    model = build_model(spec, input_shape=(64,), n_classes=10, width=32)
+    # A user model is built only by flows.code, under a policy that names it explicitly.
+    trust = CodeTrust.of([spec])
+    model = build_trusted(spec, input_shape=(64,), n_classes=10, width=32, trust=trust)
     assert model[1].out_features == 32
     assert model_modules(spec) == [user_module]
     train_model(model, x, y, TrainConfig(epochs=3, lr=1e-2), device=CPU)
@@ -204,13 +208,14 @@ def test_user_factory_failures_name_the_factory(
 ) -> None:
     spec = f"{user_module}:{factory}"
     with pytest.raises(ModelSpecError, match=message) as info:
-        build_model(spec, input_shape=(64,), n_classes=10)
+        build_trusted(spec, input_shape=(64,), n_classes=10, trust=CodeTrust.of([spec]))
     assert spec in str(info.value)
 
 
 def test_missing_module_names_the_factory() -> None:
+    spec = "no_such_cidflow_module:make_net"
     with pytest.raises(ModelSpecError, match="cannot import") as info:
-        build_model("no_such_cidflow_module:make_net", input_shape=(64,), n_classes=10)
+        build_trusted(spec, input_shape=(64,), n_classes=10, trust=CodeTrust.of([spec]))
     assert "no_such_cidflow_module:make_net" in str(info.value)
     with pytest.raises(ModelSpecError, match="module:factory"):
         build_model("mod:", input_shape=(64,), n_classes=10)
