@@ -18,14 +18,12 @@ It writes ``out/result.json`` (``{"op": ..., "metrics": ...}``), ``out/model.saf
 (train) and ``out/predictions.npy`` (predict, int64 class ids); on failure ``out/error.json``
 (``{"type": ..., "message": ...}``) and exit status 1. Nothing is pickled, in or out.
 
-The user's folder is imported as a synthetic package (:func:`load_user_package`) so that its
-modules may import each other relatively; swap it for ``flows.code.load_factory`` once that
-lands.
+The user's folder is imported as a synthetic package (:func:`flows.code.load_factory`), so
+that its modules may import each other relatively.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections.abc import Iterator
@@ -34,12 +32,9 @@ from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["JOB_OPS", "USER_PACKAGE", "load_user_package", "main", "read_job", "run_job"]
+__all__ = ["JOB_OPS", "main", "read_job", "run_job"]
 
 JOB_OPS: Final = ("train", "evaluate", "predict")
-USER_PACKAGE: Final = "cidflow_user_code"
-"""The synthetic package name the user's code folder is imported under."""
-
 MAX_JOB_BYTES: Final = 1 << 20
 _NEEDS: Final = {"train": ("x", "y"), "evaluate": ("x", "y"), "predict": ("x",)}
 _OPTIONAL: Final = {"train": ("x_val", "y_val"), "evaluate": (), "predict": ()}
@@ -68,29 +63,12 @@ def read_job(path: Path) -> dict[str, Any]:
     return job
 
 
-def load_user_package(code_dir: Path) -> str:
-    """Register ``code_dir`` as the package :data:`USER_PACKAGE` (its ``__init__.py`` run when
-    there is one) and return that name; ``f"{USER_PACKAGE}.{module}"`` then imports."""
-    init = code_dir / "__init__.py"
-    spec = importlib.util.spec_from_file_location(
-        USER_PACKAGE,
-        init if init.is_file() else code_dir / "__missing_init__.py",
-        submodule_search_locations=[str(code_dir)],
-    )
-    if spec is None:  # pragma: no cover (a path always gives a spec)
-        raise ImportError(f"cannot make a package of {code_dir}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[USER_PACKAGE] = module
-    if init.is_file() and spec.loader is not None:
-        spec.loader.exec_module(module)
-    return USER_PACKAGE
-
-
 def run_job(job_dir: Path) -> dict[str, Any]:
     """Run the job in ``job_dir`` and write its outputs to ``job_dir/out``; returns the result."""
     import torch
     from safetensors.torch import load_file, save_file
 
+    from flows.code import load_factory
     from flows.training import TrainConfig, evaluate_model, predict_batches, train_model
     from flows.zoo import build_model
 
@@ -99,9 +77,11 @@ def run_job(job_dir: Path) -> dict[str, Any]:
     out = job_dir / "out"
     out.mkdir(exist_ok=True)
     arrays = {name: _load_npy(job_dir / _relative(rel)) for name, rel in job["inputs"].items()}
-    package = load_user_package(job_dir / _relative(job.get("code", "code")))
+    module = _module_name(job["module"])
+    factory = load_factory(job_dir / _relative(job.get("code", "code")), module, job["factory"])
     model = build_model(
-        f"{package}.{_module_name(job['module'])}:{job['factory']}",
+        f"{module}:{job['factory']}",
+        factory=factory,
         input_shape=tuple(job["input_shape"]),
         n_classes=job["n_classes"],
         seed=job.get("seed", 0),

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from flows.code import load_factory
 from flows.errors import SandboxJobError, SandboxUnavailableError
 from flows.sandbox import (
     JOB_MOUNT,
@@ -373,8 +374,10 @@ def _data() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _reference_model(code: Path, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
-    monkeypatch.syspath_prepend(str(code))
-    return build_model("tinynet:build", input_shape=(6,), n_classes=3, seed=7, hidden=16)
+    """The same model built in this process, from the same folder (as the worker does)."""
+    factory = load_factory(code, "tinynet", "build")
+    return build_model("tinynet:build", input_shape=(6,), n_classes=3, seed=7, factory=factory,
+                       hidden=16)  # fmt: skip
 
 
 def test_train_evaluate_predict_match_unsandboxed(
