@@ -192,13 +192,6 @@ def _run_flow(
     if cluster is not None:  # on a cluster: the run goes to a node (Prefect deployment)
         from node_agent.coordinator import run_on_cluster
 
-        if params.get("code") is not None:
-            raise click.UsageError(
-                "code artifacts do not run on a cluster's nodes yet (they need the nodes' "
-                "sandbox): run without a cluster home"
-            )
-        params = {k: v for k, v in params.items() if k != "code"}  # nodes build no user code
-
         return run_on_cluster(
             _store(ctx), cluster, task, params, node=ctx.obj.get("node"),
             needs_gpu=bool(ctx.obj.get("needs_gpu")),

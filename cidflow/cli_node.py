@@ -148,6 +148,56 @@ def node_start(
     agent.serve()
 
 
+node_home_option = click.option(
+    "--home", "node_home", type=click.Path(file_okay=False),
+    help="The node's home (default: the global --home).",
+)  # fmt: skip
+
+
+@node_group.command("allow")
+@click.argument("code_cid", metavar="CODE_CID")
+@node_home_option
+@click.option("--revoke", is_flag=True, help="Withdraw it instead.")
+@json_option
+@click.pass_context
+def node_allow(
+    ctx: click.Context, code_cid: str, node_home: str | None, revoke: bool, as_json: bool
+) -> None:
+    """Allow a code artifact to run on this node (sandboxed), or --revoke it. Takes effect on
+    the node's next run; the allow-list is HOME/trusted-code.json."""
+    from flows.code import trust_code, untrust_code
+
+    home = Path(node_home).expanduser().absolute() if node_home else _home(ctx)
+    changed = (untrust_code if revoke else trust_code)(home, code_cid)
+    if as_json:
+        _emit_json({"code": code_cid, "allowed": not revoke, "changed": changed})
+    else:
+        click.echo(f"{'revoked' if revoke else 'allowed'} {code_cid}")
+
+
+@node_group.command("approve")
+@click.argument("name")
+@click.argument("code_cid", metavar="CODE_CID")
+@node_home_option
+@click.option("--revoke", is_flag=True, help="Withdraw the approval instead.")
+@json_option
+@click.pass_context
+def node_approve(
+    ctx: click.Context, name: str, code_cid: str, node_home: str | None, revoke: bool,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """As the owner of private dataset NAME, approve a code artifact to run on it (or
+    --revoke): user code needs this on top of the operator's 'node allow'."""
+    from flows.private import approve_code
+
+    home = Path(node_home).expanduser().absolute() if node_home else _home(ctx)
+    changed = approve_code(home, name, code_cid, revoke=revoke)
+    if as_json:
+        _emit_json({"dataset": name, "code": code_cid, "approved": not revoke, "changed": changed})
+    else:
+        click.echo(f"{'revoked' if revoke else 'approved'} {code_cid} for {name}")
+
+
 cluster_home_option = click.option(
     "--home", "cluster_home", type=click.Path(file_okay=False),
     help="Cluster folder (default: the global --home).",

@@ -234,6 +234,12 @@ class CodeTrust:
         imported either way)."""
         if self.allows(ref):
             return
+        if ref.code is not None and self.node:
+            raise UntrustedCodeError(
+                f"model code {ref.code} ({ref.model}) is not allowed on this node: its operator "
+                f"allows code with 'cidflow node allow {ref.code}'",
+                ref.code,
+            )
         if ref.code is not None:
             raise UntrustedCodeError(
                 f"model code {ref.code} ({ref.model}) is not trusted: if you trust it, run with "
@@ -303,7 +309,14 @@ def resolve_factory(
     current runtime's) and materialised under its home."""
     if ref.is_zoo:  # cidflow's own code: no policy needed
         return None
-    (trust if trust is not None else current_trust()).check(ref)
+    policy = trust if trust is not None else current_trust()
+    policy.check(ref)
+    if policy.node:  # a node never imports user code into its own processes
+        raise UntrustedCodeError(
+            f"model code {ref.code} runs on a node only in the sandbox, which this step does "
+            "not use (train, evaluate and infer do)",
+            str(ref.code),
+        )
     module, attr = split_spec(ref.model)
     if ref.code is None:
         return _import_local(ref.model, module, attr)

@@ -107,6 +107,41 @@ def _model_spec(store: ArtifactStore, model: str) -> dict[str, Any]:
     return dict(spec)
 
 
+def _sandboxed(ref: Any) -> bool:
+    """Whether this step must run ``ref``'s code in the sandbox: user code on a node (whose
+    policy is :meth:`~flows.code.CodeTrust.for_node`), which never imports it itself."""
+    from flows.code import current_trust
+
+    return ref.code is not None and current_trust().node
+
+
+def _in_sandbox(
+    store: ArtifactStore,
+    ref: Any,
+    op: str,
+    spec: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    state: Any = None,
+    **job: Any,
+) -> Any:
+    """Run one model job (:func:`flows.sandbox_jobs.run_model_job`) of code artifact
+    ``ref.code`` on this node: the code checked and materialised from its CID, the node's home
+    hidden from it, its job folder under ``HOME/tmp``."""
+    from flows.code import current_trust, materialise, split_spec
+    from flows.sandbox_jobs import run_model_job
+
+    current_trust().check(ref)
+    module, factory = split_spec(ref.model)
+    work = store.home / "tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    job = {"op": op, "module": module, "factory": factory,
+           "model_kwargs": dict(spec.get("model_kwargs") or {}),
+           "input_shape": list(spec["input_shape"]), "n_classes": int(spec["n_classes"]),
+           "seed": int(spec.get("seed", 0)), **job}  # fmt: skip
+    return run_model_job(job, arrays, code_dir=materialise(store, ref.code), work_dir=work,
+                         state=state, hide=[store.home])  # fmt: skip
+
+
 @cid_task(name="train", extra_modules=_model_modules)
 def train(
     dataset: str,
@@ -144,33 +179,40 @@ def train(
         y_val = np.asarray(art.array(vy)[...], dtype=np.int64)
     n_classes = _n_classes(art, y)
     kwargs = dict(model_kwargs or {})
-    net = build_model(
-        model, input_shape=tuple(x.shape[1:]), n_classes=n_classes, seed=seed, code=ref.code,
-        trust=trust, store=store, **kwargs,
-    )  # fmt: skip
-    check_shapes(net, x[:1], n_classes)  # a misfit fails here, before any training
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-
-    def progress(m: dict[str, float]) -> None:
-        log.info("epoch %d/%d  %s", int(m["epoch"]), epochs,
-                 "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch"))  # fmt: skip
-
-    result = train_model(net, x, y, config, x_val=x_val, y_val=y_val, progress=progress,
-                         n_classes=n_classes)  # fmt: skip
     spec = {"model": model, "code": ref.code, "model_kwargs": kwargs,
             "input_shape": list(x.shape[1:]), "n_classes": n_classes, "seed": seed,
             "dataset": dataset}  # fmt: skip
+    if _sandboxed(ref):
+        inputs: dict[str, Any] = {"x": x, "y": y, "x_val": x_val, "y_val": y_val}
+        inputs = {k: v for k, v in inputs.items() if v is not None}
+        done = _in_sandbox(store, ref, "train", spec, inputs, epochs=epochs,
+                           batch_size=batch_size, lr=lr)  # fmt: skip
+        state_dict, metrics = done.state_dict, list(done.metrics)
+    else:
+        net = build_model(
+            model, input_shape=tuple(x.shape[1:]), n_classes=n_classes, seed=seed,
+            code=ref.code, trust=trust, store=store, **kwargs,
+        )  # fmt: skip
+        check_shapes(net, x[:1], n_classes)  # a misfit fails here, before any training
+        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+
+        def progress(m: dict[str, float]) -> None:
+            log.info("epoch %d/%d  %s", int(m["epoch"]), epochs,
+                     "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch"))  # fmt: skip
+
+        result = train_model(net, x, y, config, x_val=x_val, y_val=y_val, progress=progress,
+                             n_classes=n_classes)  # fmt: skip
+        state_dict, metrics = result.state_dict, result.metrics
     cid = store.put_state_dict(
-        result.state_dict, attrs={MODEL_ATTR: spec, "metrics": result.metrics}, source="train"
+        state_dict, attrs={MODEL_ATTR: spec, "metrics": metrics}, source="train"
     )
-    return {"model": str(cid), "metrics": result.metrics[-1]}
+    return {"model": str(cid), "metrics": metrics[-1]}
 
 
-def _load_model(store: ArtifactStore, model: str, code: str | None) -> Any:
-    """Model artifact ``model`` built and loaded (:func:`flows.code.load_model`: only if the
-    current policy trusts its code), which must be ``code``: the task's parameter, that puts
-    the code in the key and the receipt."""
-    from flows.code import load_model, make_ref, model_ref_of
+def _model_ref(store: ArtifactStore, model: str, code: str | None) -> Any:
+    """The code reference of model artifact ``model``, which must name ``code``: the task's
+    parameter, that puts the code in the key and the receipt."""
+    from flows.code import make_ref, model_ref_of
 
     ref = model_ref_of(store, model)
     if ref.code != (None if code is None else make_ref(ref.model, code).code):
@@ -178,6 +220,15 @@ def _load_model(store: ArtifactStore, model: str, code: str | None) -> Any:
             f"model {model} is built by code {ref.code}, but the task was given code={code!r}: "
             f"pass code={ref.code!r} (the flows fill it in)"
         )
+    return ref
+
+
+def _load_model(store: ArtifactStore, model: str, code: str | None) -> Any:
+    """Model artifact ``model`` built and loaded (:func:`flows.code.load_model`: only if the
+    current policy trusts its code), which must be ``code`` (:func:`_model_ref`)."""
+    from flows.code import load_model
+
+    _model_ref(store, model, code)
     return load_model(store, model)
 
 
@@ -203,11 +254,14 @@ def evaluate(
 
     store = current_runtime().store
     x_arr, y_arr = _supervised(store.open_artifact(dataset), "test")
-    net = _load_model(store, model, code)
-    metrics = evaluate_model(
-        net, np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64),
-        batch_size=batch_size,
-    )  # fmt: skip
+    x, y = np.asarray(x_arr[...], dtype=np.float32), np.asarray(y_arr[...], dtype=np.int64)
+    ref = _model_ref(store, model, code)
+    if _sandboxed(ref):
+        state = store.open_artifact(model).to_state_dict()
+        metrics = _in_sandbox(store, ref, "evaluate", _model_spec(store, model), {"x": x, "y": y},
+                              state, eval_batch_size=batch_size).metrics  # fmt: skip
+    else:
+        metrics = evaluate_model(_load_model(store, model, code), x, y, batch_size=batch_size)
     confusion = np.asarray(metrics["confusion"], dtype=np.int64)
     cid = store.put_arrays(
         {"confusion": confusion},
@@ -238,6 +292,15 @@ def infer(
     if xname is None:
         raise DatasetError(f"dataset {dataset} has no {split}/x or x array")
     x = art.array(xname)
+    ref = _model_ref(store, model, code)
+    if _sandboxed(ref):  # the whole x goes into the sandbox's job folder
+        done = _in_sandbox(store, ref, "predict", _model_spec(store, model),
+                           {"x": np.asarray(x[...], dtype=np.float32)},
+                           store.open_artifact(model).to_state_dict(),
+                           eval_batch_size=batch_size)  # fmt: skip
+        attrs = {"model": model, "dataset": dataset}
+        cid = store.put_arrays({"predictions": done.predictions}, attrs=attrs, source="infer")
+        return {"predictions": str(cid), "rows": int(x.shape[0])}
     net = _load_model(store, model, code)
     rows = int(x.shape[0])
     row_bytes = max(1, math.prod(x.shape[1:]) * 4)

@@ -44,6 +44,7 @@ __all__ = [
     "PrivateDataset",
     "Use",
     "allows",
+    "approve_code",
     "check_policy",
     "load_private",
     "resolve_private",
@@ -66,8 +67,13 @@ _ALLOWED: Final[dict[str, frozenset[str]]] = {
 
 @dataclass(frozen=True, slots=True)
 class PrivateDataset:
+    """One private dataset: its CID, its owner's policy, and the code artifacts (CIDs) its
+    owner approved to run on it (compute-to-data: user code needs the owner's approval on top
+    of the operator's allow-list; the zoo needs none)."""
+
     cid: str
     policy: Policy = DEFAULT_POLICY
+    code: tuple[str, ...] = ()
 
 
 def allows(policy: str, use: str) -> bool:
@@ -94,20 +100,22 @@ def load_private(home: str | os.PathLike[str]) -> dict[str, PrivateDataset]:
         raise FlowError(f"{path} is not a JSON object of dataset name -> {{cid, policy}}")
     out = {}
     for name, entry in doc.items():
-        if not isinstance(entry, dict) or set(entry) != {"cid", "policy"}:
-            raise FlowError(f'{path}: {name!r} is not {{"cid": ..., "policy": ...}}')
+        if not isinstance(entry, dict) or set(entry) - {"code"} != {"cid", "policy"}:
+            raise FlowError(f'{path}: {name!r} is not {{"cid": ..., "policy": ..., "code": ...}}')
         try:
             cid = str(as_cid(entry["cid"]))
+            code = tuple(str(as_cid(c)) for c in entry.get("code", []))
         except (InvalidCIDError, TypeError):
-            raise FlowError(f"{path}: {name!r} names no valid CID") from None
-        out[str(name)] = PrivateDataset(cid, check_policy(entry["policy"]))
+            raise FlowError(f"{path}: {name!r} names a CID that is not valid") from None
+        out[str(name)] = PrivateDataset(cid, check_policy(entry["policy"]), code)
     return out
 
 
 def save_private(home: str | os.PathLike[str], datasets: dict[str, PrivateDataset]) -> None:
     """Write ``HOME/private.json`` atomically, mode 0600 from creation."""
     path = Path(home) / PRIVATE_FILE
-    doc = {name: {"cid": d.cid, "policy": d.policy} for name, d in datasets.items()}
+    doc = {name: {"cid": d.cid, "policy": d.policy, "code": sorted(set(d.code))}
+           for name, d in datasets.items()}  # fmt: skip
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -117,13 +125,42 @@ def save_private(home: str | os.PathLike[str], datasets: dict[str, PrivateDatase
     os.replace(tmp, path)
 
 
-def resolve_private(home: str | os.PathLike[str], dataset: str, use: Use) -> str:
+def resolve_private(
+    home: str | os.PathLike[str], dataset: str, use: Use, code: str | None = None
+) -> str:
     """``private:NAME`` → the CID this node holds under that name, if its policy allows
-    ``use``; any other dataset reference is returned as it is."""
+    ``use`` and, for user code (``code``, a code artifact's CID), its owner approved that code;
+    any other dataset reference is returned as it is."""
     if not dataset.startswith(PRIVATE_PREFIX):
         return dataset
     name = dataset.removeprefix(PRIVATE_PREFIX)
     found = load_private(home).get(name)
     if found is None or not allows(found.policy, use):
         raise PrivateDataError(f"private dataset {name!r} is not available for {use} on this node")
+    if code is not None and code not in found.code:
+        raise PrivateDataError(
+            f"private dataset {name!r} is not available for {use} with code {code} on this "
+            "node (its owner approves code: cidflow node approve NAME CODE_CID)"
+        )
     return found.cid
+
+
+def approve_code(
+    home: str | os.PathLike[str], name: str, code: str, *, revoke: bool = False
+) -> bool:
+    """The data owner approves code artifact ``code`` for private dataset ``name`` (with
+    ``revoke``: withdraws it); whether anything changed."""
+    datasets = load_private(home)
+    if name not in datasets:
+        raise PrivateDataError(f"this node holds no private dataset {name!r}")
+    try:
+        cid = str(as_cid(code))
+    except InvalidCIDError:
+        raise FlowError(f"{code!r} is not a code artifact's CID") from None
+    found = datasets[name]
+    approved = set(found.code) - {cid} if revoke else set(found.code) | {cid}
+    if approved == set(found.code):
+        return False
+    datasets[name] = PrivateDataset(found.cid, found.policy, tuple(sorted(approved)))
+    save_private(home, datasets)
+    return True

@@ -54,7 +54,7 @@ __all__ = [
     "infer_on_node",
     "log_note",
     "node_flows",
-    "resolve_dataset",
+    "node_policy",
     "run_on_node",
     "run_result",
     "start_on_node",
@@ -68,12 +68,6 @@ RESULT_KEY = "cidflow-result"
 
 class RemoteRunError(FlowError, RuntimeError):
     """A flow run on a node that failed, timed out, or answered something unusable."""
-
-
-def resolve_dataset(dataset: str, use: Use) -> str:
-    """``private:NAME`` → the CID this node holds under that name, if its owner's policy
-    allows ``use`` (:func:`flows.private.resolve_private`); a CID stays as it is."""
-    return resolve_private(current_runtime().store.home, dataset, use)
 
 
 def admit(flow: str, fn: Any, parameters: dict[str, Any]) -> None:
@@ -124,6 +118,20 @@ def log_note(note: str) -> None:
         get_run_logger().info("scheduling: %s", note)
 
 
+@contextlib.contextmanager
+def node_policy(dataset: str, use: Use, code: str | None = None) -> Iterator[str]:
+    """Resolve ``dataset`` for ``use`` (a ``private:NAME`` under its owner's policy and, for
+    user code, the owner's approval of ``code``) and run the block under this node's code
+    policy: the zoo, and the code artifacts its operator allowed (``cidflow node allow``),
+    which run only in the sandbox (:mod:`flows.sandbox_jobs`); never a local module."""
+    from flows.code import CodeTrust, read_trusted, trusting
+
+    home = current_runtime().store.home
+    data = resolve_private(home, dataset, use, code)
+    with trusting(CodeTrust.for_node(read_trusted(home))):
+        yield data
+
+
 @flow(name="train", log_prints=False)
 def train_on_node(
     dataset: str,
@@ -133,18 +141,21 @@ def train_on_node(
     batch_size: int = 64,
     lr: float = 1e-3,
     model_kwargs: dict[str, Any] | None = None,
+    code: str | None = None,
     note: str = "",
     request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``train`` on this node (``dataset`` may be ``private:NAME``)."""
+    """``train`` on this node (``dataset`` may be ``private:NAME``; ``code``: a code artifact
+    this node's operator allowed, run sandboxed)."""
     admit("train", train_on_node, dict(locals()))
     log_note(note)
-    return finish(
-        train(
-            dataset=resolve_dataset(dataset, "train"), model=model, epochs=epochs, seed=seed,
-            batch_size=batch_size, lr=lr, model_kwargs=model_kwargs, return_state=True,
-        )
-    )  # fmt: skip
+    with node_policy(dataset, "train", code) as data:
+        return finish(
+            train(
+                dataset=data, model=model, epochs=epochs, seed=seed, batch_size=batch_size,
+                lr=lr, model_kwargs=model_kwargs, code=code, return_state=True,
+            )
+        )  # fmt: skip
 
 
 @flow(name="evaluate", log_prints=False)
@@ -152,14 +163,18 @@ def evaluate_on_node(
     model: str,
     dataset: str,
     batch_size: int = 256,
+    code: str | None = None,
     note: str = "",
     request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``evaluate`` on this node (``dataset`` may be ``private:NAME``)."""
+    """``evaluate`` on this node (``dataset`` may be ``private:NAME``; ``code``: the model's
+    code artifact, which must be allowed here)."""
     admit("evaluate", evaluate_on_node, dict(locals()))
     log_note(note)
-    data = resolve_dataset(dataset, "evaluate")
-    return finish(evaluate(model=model, dataset=data, batch_size=batch_size, return_state=True))
+    with node_policy(dataset, "evaluate", code) as data:
+        step = evaluate(model=model, dataset=data, batch_size=batch_size, code=code,
+                        return_state=True)  # fmt: skip
+        return finish(step)
 
 
 @flow(name="infer", log_prints=False)
@@ -168,6 +183,7 @@ def infer_on_node(
     dataset: str,
     split: str = "test",
     batch_size: int = 1024,
+    code: str | None = None,
     note: str = "",
     request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -175,10 +191,10 @@ def infer_on_node(
     predictions, which are rows, leave)."""
     admit("infer", infer_on_node, dict(locals()))
     log_note(note)
-    data = resolve_dataset(dataset, "infer")
-    return finish(
-        infer(model=model, dataset=data, split=split, batch_size=batch_size, return_state=True)
-    )
+    with node_policy(dataset, "infer", code) as data:
+        step = infer(model=model, dataset=data, split=split, batch_size=batch_size, code=code,
+                     return_state=True)  # fmt: skip
+        return finish(step)
 
 
 def node_flows() -> dict[str, Any]:

@@ -31,7 +31,7 @@ from flows.remote import (
     admit,
     finish,
     log_note,
-    resolve_dataset,
+    node_policy,
     run_result,
     start_on_node,
     verify_answer,
@@ -61,12 +61,12 @@ def fed_client_on_node(
     ``private:NAME``); only the update travels."""
     admit("fed-client", fed_client_on_node, dict(locals()))
     log_note(note)
-    data = resolve_dataset(dataset, "federated")
-    return finish(client_round(
-        global_model=global_model, data=data, round=round, epochs=epochs,
-        lr=lr, batch_size=batch_size, seed=seed, proximal_mu=proximal_mu, secure=secure,
-        dp=dp, return_state=True,
-    ))  # fmt: skip
+    with node_policy(dataset, "federated") as data:  # user code: refused (no sandbox here yet)
+        return finish(client_round(
+            global_model=global_model, data=data, round=round, epochs=epochs,
+            lr=lr, batch_size=batch_size, seed=seed, proximal_mu=proximal_mu, secure=secure,
+            dp=dp, return_state=True,
+        ))  # fmt: skip
 
 
 @dataclass

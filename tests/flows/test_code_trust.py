@@ -255,14 +255,17 @@ def test_code_artifacts_load_under_their_own_package(tmp_path: Path) -> None:
     assert (a.answer, b.answer) == (1, 2)  # same module name, two packages in sys.modules
     assert b[1].out_features == 4
     assert load_factory(store.home / "code" / one, "pkg", "make")() == 1
-    # a node builds a model artifact whose code is on its operator's allow-list
+    # a node never imports user code into its own processes, allowed or not: only the sandbox
+    # runs it (tests/node_agent/test_node_trust.py)
     net = build_model("mymod:build", code=one, trust=trust, **kw)
     spec = {"model": "mymod:build", "code": one, "input_shape": [FEATURES],
             "n_classes": CLASSES, "model_kwargs": {}}  # fmt: skip
     cid = str(store.put_state_dict(net.state_dict(), attrs={pipelines.MODEL_ATTR: spec}))
-    assert load_model(store, cid, trust=CodeTrust.for_node([one])).answer == 1
-    with pytest.raises(UntrustedCodeError, match=one):
-        load_model(store, cid, trust=CodeTrust.for_node([two]))
+    assert load_model(store, cid, trust=trust).answer == 1
+    with pytest.raises(UntrustedCodeError, match="runs on a node only in the sandbox"):
+        load_model(store, cid, trust=CodeTrust.for_node([one]))
+    with pytest.raises(UntrustedCodeError, match=f"not allowed on this node.*node allow {two}"):
+        build_model("mymod:build", code=two, trust=CodeTrust.for_node([one]), **kw)
     assert load_factory(store.home / "code" / two, "pkg.layers", "make")() == 2
     folder = materialise(store, one)
     assert folder == store.home / "code" / one

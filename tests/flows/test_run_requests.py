@@ -15,7 +15,14 @@ from helpers import snapshot
 from artifacts.store import ArtifactStore
 from flows.errors import FlowError, PrivateDataError, RunRequestError
 from flows.lineage import lineage
-from flows.private import PrivateDataset, allows, load_private, resolve_private, save_private
+from flows.private import (
+    PrivateDataset,
+    allows,
+    approve_code,
+    load_private,
+    resolve_private,
+    save_private,
+)
 from flows.receipts import write_receipt
 from flows.run_requests import (
     NonceStore,
@@ -149,6 +156,20 @@ def test_private_policies(tmp_path: Path) -> None:
         "private dataset 'c' is not available for train on this node",
         "private dataset 'zz' is not available for train on this node",
     ]
+    # user code needs the owner's approval, per dataset; revoked, it is refused again
+    code = str(ArtifactStore(tmp_path / "s").put_arrays({"c": __import__("numpy").arange(2)}))
+    with pytest.raises(PrivateDataError, match=f"not available for train with code {code}"):
+        resolve_private(tmp_path, "private:a", "train", code)
+    assert approve_code(tmp_path, "a", code)
+    assert not approve_code(tmp_path, "a", code)  # already approved: nothing changed
+    assert resolve_private(tmp_path, "private:a", "train", code) == cid
+    with pytest.raises(PrivateDataError, match="with code"):
+        resolve_private(tmp_path, "private:b", "infer", code)  # approved for 'a' only
+    assert approve_code(tmp_path, "a", code, revoke=True)
+    with pytest.raises(PrivateDataError, match="with code"):
+        resolve_private(tmp_path, "private:a", "train", code)
+    with pytest.raises(PrivateDataError, match="holds no private dataset 'zz'"):
+        approve_code(tmp_path, "zz", code)
     (tmp_path / "private.json").write_text('{"a": "' + cid + '"}')
     with pytest.raises(FlowError, match="is not"):
         load_private(tmp_path)

@@ -259,3 +259,88 @@ def test_a_coordinator_record_without_node_ids_is_refused(tmp_path: Path) -> Non
     (tmp_path / "cluster.json").write_text(json.dumps({"storage": {}}))
     with pytest.raises(FlowError, match="names no node ids"):
         Coordinator.for_home(tmp_path)
+
+
+PROBE = '''
+import socket
+import torch
+from torch import nn
+
+TOKEN = {token!r}
+NODE_URL = {url!r}
+
+
+def _reach() -> list[float]:
+    """What this code could reach: the node's token file, the node's blob server."""
+    found = [0.0, 0.0]
+    try:
+        with open(TOKEN) as f:
+            found[0] = float(len(f.read()) > 0)
+    except OSError:
+        pass
+    host, port = NODE_URL.removeprefix("http://").split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        found[1] = 1.0
+    except OSError:
+        pass
+    return found
+
+
+class Probe(nn.Module):
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+        self.register_buffer("reached", torch.tensor(_reach()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+def build(input_shape, n_classes):
+    return Probe(int(torch.tensor(input_shape).prod()), n_classes)
+'''
+
+
+def test_user_code_runs_on_a_node_only_allowed_approved_and_sandboxed(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    home = cluster["home"]
+    node1 = _node_home(cluster, "node-1")
+    code_dir = tmp_path / "probe"
+    code_dir.mkdir()
+    url = next(n["url"] for n in cluster["nodes"] if n["name"] == "node-1")
+    (code_dir / "probe.py").write_text(PROBE.format(token=str(node1 / "token"), url=url))
+    code = ok(cli(home, "code", "add", str(code_dir), "--json"))["cid"]
+    train = ["train", "--dataset", "private:secret", "--node", "node-1", "--code", code,
+             "--model", "probe:build", "--epochs", "1", "--seed", "2", "--json"]  # fmt: skip
+    before = _state_of_node(cluster, "node-1")
+    # not on the operator's allow-list: refused on the node, nothing imported there
+    one_error(cli(home, *train), f"is not allowed on this node: its operator allows code with "
+                                 f"'cidflow node allow {code}'")  # fmt: skip
+    assert ok(cli(home, "node", "allow", code, "--home", str(node1), "--json"))["changed"]
+    # allowed by the operator, not yet approved by the private dataset's owner
+    one_error(cli(home, *train),
+              f"private dataset 'secret' is not available for train with code {code}")  # fmt: skip
+    assert _state_of_node(cluster, "node-1") == before
+    assert not (node1 / "code").exists()  # never even materialised
+    ok(cli(home, "node", "approve", "secret", code, "--home", str(node1), "--json"))
+    trained = ok(cli(home, *train))
+    assert trained["node"] == "node-1"
+    store = open_store(home)
+    model = store.open_artifact(trained["model"])
+    assert model.attrs["cidflow.model"]["code"] == code
+    # inside the sandbox the code reached neither the node's token nor its blob server
+    assert model.to_state_dict()["reached"].tolist() == [0.0, 0.0]
+    receipt = ok(cli(home, "lineage", trained["model"], "--json"))["produced_by"]
+    assert code in [i["cid"] for i in receipt["inputs"]]
+    assert receipt["parameters"]["code"] == code
+    # the same model evaluated on the node: sandboxed again, aggregate metrics leave
+    ev = ok(cli(home, "evaluate", "--model", trained["model"], "--dataset", "private:secret",
+                "--node", "node-1", "--trust-code", code, "--json"))  # fmt: skip
+    assert 0.0 <= ev["metrics"]["accuracy"] <= 1.0
+    # the operator withdraws it: refused again
+    ok(cli(home, "node", "allow", code, "--revoke", "--home", str(node1), "--json"))
+    refused = cli(home, "evaluate", "--model", trained["model"], "--dataset", "private:secret",
+                  "--node", "node-1", "--trust-code", code, "--json")  # fmt: skip
+    one_error(refused, "is not allowed on this node")
