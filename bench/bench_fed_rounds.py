@@ -432,6 +432,7 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=10, help="Centralised: most epochs probed.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-cluster", action="store_true", help="Simulation and (b) only.")
+    p.add_argument("--only-cluster", action="store_true", help="The cluster's rounds only.")
     p.add_argument("--json", action="store_true", help="Print the whole result as JSON.")
     args = p.parse_args()
     if args.rounds < 2 or (args.cluster_rounds is not None and args.cluster_rounds < 2):
@@ -473,7 +474,8 @@ def main() -> None:
         "measured in this process, the round times in the cidflow processes",
     }
     try:
-        res["simulation"], res["time_to_090"] = simulation(args, template, work, spec, parts5)
+        if not args.only_cluster:
+            res["simulation"], res["time_to_090"] = simulation(args, template, work, spec, parts5)
     except Exception as exc:
         traceback.print_exc()
         res["simulation"] = {"error": f"{type(exc).__name__}: {exc}"[-2000:]}
