@@ -229,17 +229,30 @@ class CodeTrust:
             return ref.code in self.cids
         return not self.node and ref.model in self.local
 
+    def check_code(self, cid: str) -> None:
+        """Raise :class:`UntrustedCodeError` unless code artifact ``cid`` is trusted (on a
+        node: on its operator's allow-list)."""
+        if _cid_text(cid) in self.cids:
+            return
+        if self.node:
+            raise UntrustedCodeError(
+                f"model code {cid} is not allowed on this node: its operator allows code with "
+                f"'cidflow node allow {cid}'",
+                cid,
+            )
+        raise UntrustedCodeError(
+            f"model code {cid} is not trusted: if you trust it, run with --trust-code {cid} or "
+            f"add it to this home with 'cidflow code trust {cid}'",
+            cid,
+        )
+
     def check(self, ref: ModelRef) -> None:
         """Raise :class:`UntrustedCodeError` unless this policy allows ``ref`` (nothing is
         imported either way)."""
         if self.allows(ref):
             return
         if ref.code is not None and self.node:
-            raise UntrustedCodeError(
-                f"model code {ref.code} ({ref.model}) is not allowed on this node: its operator "
-                f"allows code with 'cidflow node allow {ref.code}'",
-                ref.code,
-            )
+            self.check_code(ref.code)
         if ref.code is not None:
             raise UntrustedCodeError(
                 f"model code {ref.code} ({ref.model}) is not trusted: if you trust it, run with "

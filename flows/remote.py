@@ -127,8 +127,11 @@ def node_policy(dataset: str, use: Use, code: str | None = None) -> Iterator[str
     from flows.code import CodeTrust, read_trusted, trusting
 
     home = current_runtime().store.home
+    policy = CodeTrust.for_node(read_trusted(home))
+    if code is not None:
+        policy.check_code(code)  # the operator's word first: nothing about the data is said
     data = resolve_private(home, dataset, use, code)
-    with trusting(CodeTrust.for_node(read_trusted(home))):
+    with trusting(policy):
         yield data
 
 
