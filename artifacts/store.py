@@ -18,7 +18,6 @@ import builtins
 import contextlib
 import fcntl
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from artifacts.artifact import TENSOR_ATTR, Artifact
+from artifacts.atomic import write_atomic
 from artifacts.blobstore import BlobStore, LocalBlobStore
 from artifacts.canonical import canonical_json, loads_strict
 from artifacts.cid import CID, CODEC_JSON, as_cid
@@ -195,7 +195,7 @@ class ArtifactStore:
         body = canonical_json(
             {"cid": str(cid), "kind": kind, "source": source, "created": time.time(), "size": size}
         )
-        _atomic_write(self.home / "refs" / "artifacts" / str(cid), body)
+        write_atomic(self.home / "refs" / "artifacts" / str(cid), body)
 
     # -- put -----------------------------------------------------------------------------------
     def put_arrays(
@@ -388,7 +388,7 @@ class ArtifactStore:
         with self._lock(exclusive=False):
             cid = self.blobs.put(data, codec="json")
             self.blobs.flush()
-            _atomic_write(self.home / "refs" / "records" / str(cid), b"")
+            write_atomic(self.home / "refs" / "records" / str(cid), b"")
         return cid
 
     def get_record(self, cid: str | CID) -> bytes:
@@ -401,7 +401,7 @@ class ArtifactStore:
     # -- pins ----------------------------------------------------------------------------------
     def pin(self, cid: str | CID) -> None:
         key = self.open_artifact(cid).cid
-        _atomic_write(self.home / "refs" / "pins" / str(key), b"")
+        write_atomic(self.home / "refs" / "pins" / str(key), b"")
 
     def unpin(self, cid: str | CID) -> bool:
         try:
@@ -589,15 +589,6 @@ def _collect_files(
                 raise UnsupportedInputError(f"cannot store {p}: {exc}") from None
             out.append((rel, source))
     return sorted(out)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _mtime(path: Path) -> float:

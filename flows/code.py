@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from artifacts.atomic import write_atomic
 from artifacts.cid import as_cid
 from artifacts.errors import ArtifactError, InvalidCIDError
 from flows.errors import CodeArtifactError, ModelSpecError, UntrustedCodeError
@@ -632,17 +633,7 @@ def _locked(home: Path) -> Iterator[None]:
 
 def _write_trusted(home: Path, cids: Iterable[str]) -> None:
     body = json.dumps({"format": TRUST_FORMAT, "cids": sorted(set(cids))}, indent=1) + "\n"
-    path = home / TRUST_FILE
-    tmp = home / f".{TRUST_FILE}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(body.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(home / TRUST_FILE, body.encode(), mode=0o600)
 
 
 def trust_code(home: str | os.PathLike[str], cid: str) -> bool:

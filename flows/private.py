@@ -24,11 +24,11 @@ A name the node does not hold and a use its policy forbids give the same
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, get_args
 
+from artifacts.atomic import write_atomic
 from artifacts.canonical import canonical_json, loads_strict
 from artifacts.cid import as_cid
 from artifacts.errors import InvalidCIDError
@@ -116,13 +116,7 @@ def save_private(home: str | os.PathLike[str], datasets: dict[str, PrivateDatase
     path = Path(home) / PRIVATE_FILE
     doc = {name: {"cid": d.cid, "policy": d.policy, "code": sorted(set(d.code))}
            for name, d in datasets.items()}  # fmt: skip
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(canonical_json(doc))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, canonical_json(doc), mode=0o600)
 
 
 def resolve_private(

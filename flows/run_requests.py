@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from artifacts.atomic import write_atomic
 from artifacts.canonical import canonical_json, loads_strict
 from flows.errors import RunRequestError
 from flows.receipts import cids_in
@@ -216,11 +217,4 @@ def save_allowed_coordinators(home: str | os.PathLike[str], keys: Iterable[str])
             fingerprint(key)
         except RegistryError:
             raise RunRequestError(f"--allow-coordinator {key!r} is not a public key") from None
-    path = Path(home) / ALLOWED_FILE
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(canonical_json({"coordinators": found}))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(Path(home) / ALLOWED_FILE, canonical_json({"coordinators": found}), mode=0o600)

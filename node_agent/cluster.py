@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artifacts.atomic import write_atomic
 from artifacts.cluster import CLUSTER_FILE
 from node_agent.agent import NODE_KEY
 from node_agent.auth import TOKEN_FILE, load_or_create_token
@@ -59,12 +60,8 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with ``text``; mode 0600 from creation (tokens live here)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    """Replace ``path`` atomically with ``text``; mode 0600 from creation (secrets live here)."""
+    write_atomic(path, (text + "\n").encode(), mode=0o600)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
