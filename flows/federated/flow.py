@@ -16,8 +16,9 @@ Every step's inputs and outputs are CIDs: each round's global model, every clien
 each aggregation are artifacts with signed receipts, so ``cidflow lineage`` traces the final
 model through every round to the data. Because each step is cached by content, a coordinator
 killed mid-run resumes where it stopped when run again, and ends with the same model CID as an
-uninterrupted run with the same seeds. A round with fewer than ``min_clients`` answers or
-accepted updates fails the run cleanly: no partial model is produced.
+uninterrupted run with the same seeds (with DP, only up to the last cached step: the noise
+comes from the OS CSPRNG, so a recomputed step draws new noise). A round with fewer than
+``min_clients`` answers or accepted updates fails the run cleanly: no partial model is produced.
 
 Evaluation: the centralised accuracy of each round's model on the dataset's test split, and a
 federated one: each client evaluates the global model it receives on its held-out part (its
@@ -312,7 +313,7 @@ def aggregate_round(
     with ``min_cosine``, so is one pointing away from the round's median update, with
     ``max_norm_ratio`` one far longer than the round's median update
     (:func:`~flows.federated.validate.outlier_screen`).
-    With ``dp`` (``clip``, ``noise_multiplier``, ``seed``; FedAvg only) the screened updates are
+    With ``dp`` (``clip``, ``noise_multiplier``; FedAvg only) the screened updates are
     clipped and averaged with Gaussian noise (:func:`~flows.federated.privacy.private_mean`);
     with ``secure`` (``participants``, ``context``) the masked updates are summed and only the
     sum is unmasked (:func:`~flows.federated.secagg.unmask_sum`)."""
@@ -429,9 +430,9 @@ def _private_round(
     metrics: dict[str, float | int | str] = {"received": len(results), "accepted": len(accepted)}
     if len(accepted) < chosen.min_clients:
         return AggregateResult(None, rejected, metrics, failure="too few accepted updates")
-    rng = np.random.default_rng([int(dp.get("seed", 0)), round])
+    # The noise comes from the OS CSPRNG, never from a recorded seed (DESIGN.md, invariant 9).
     mean = private_mean(weights, [u.weights for u in accepted], clip=float(dp["clip"]),
-                        noise_multiplier=float(dp["noise_multiplier"]), rng=rng)  # fmt: skip
+                        noise_multiplier=float(dp["noise_multiplier"]))  # fmt: skip
     return AggregateResult(cast_like(weights, mean), rejected, metrics)
 
 
@@ -579,7 +580,7 @@ def federated_train_fn(
         from flows.federated.privacy import noise_for_epsilon
 
         sigma = noise_for_epsilon(dp_epsilon, rounds, dp_delta)
-        dp = {"clip": dp_clip, "noise_multiplier": sigma, "seed": seed}
+        dp = {"clip": dp_clip, "noise_multiplier": sigma}  # no seed: the noise is not seeded
         log.info(
             "differential privacy: epsilon %.3g at delta %g over %d rounds: noise multiplier "
             "%.4f, clip %g", dp_epsilon, dp_delta, rounds, sigma, dp_clip,
@@ -691,14 +692,17 @@ def federated_train_fn(
                              {c: {"epochs": 0} for c in labels if c not in excluded})  # fmt: skip
     history[-1].update(_federated_evaluation(final.answers))
     privacy = None
+    from flows.federated.privacy import NOISE
+
     if dp is not None:
         from flows.federated.privacy import epsilon
 
         spent = epsilon(dp["noise_multiplier"], rounds, dp_delta)
-        privacy = {"level": "client", "epsilon": spent, "delta": dp_delta, **dp}
+        privacy = {"level": "client", "epsilon": spent, "delta": dp_delta, **dp, "noise": NOISE}
     elif client_dp is not None:
         privacy = {"level": "example", "epsilon": max(s["epsilon"] for s in spent_by.values()),
-                   "delta": dp_delta, "clip": dp_clip, "clients": spent_by}  # fmt: skip
+                   "delta": dp_delta, "clip": dp_clip, "clients": spent_by,
+                   "noise": NOISE}  # fmt: skip
     return {"model": global_model, "history": history, "accuracy": history[-1]["accuracy"],
             "clients": client_data, "strategy": strategy, "privacy": privacy,
             "federated_accuracy": history[-1]["federated_accuracy"], "secure": secure}  # fmt: skip
