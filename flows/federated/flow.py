@@ -448,7 +448,8 @@ def _private_round(
     if not isinstance(chosen, FedAvg):
         raise AggregationError("differential privacy is offered with fedavg only")
     accepted, rejected = screen(weights, results, norm_bound=chosen.norm_bound,
-                                max_examples=chosen.max_examples)  # fmt: skip
+                                max_examples=chosen.max_examples,
+                                max_weight_ratio=chosen.max_weight_ratio)  # fmt: skip
     metrics: dict[str, float | int | str] = {"received": len(results), "accepted": len(accepted)}
     if len(accepted) < chosen.min_clients:
         return AggregateResult(None, rejected, metrics, failure="too few accepted updates")

@@ -296,13 +296,27 @@ def test_a_huge_example_count_is_capped_instead_of_dominating_fedavg(fed: Fed) -
     got = _model(capped["model"])
     assert all(np.array_equal(got[k], honest_only[k]) for k in honest_only)
 
-    # Without the cap the liar buys ~all of FedAvg's weight: the model is the attacker's.
+    # Without either cap the liar buys ~all of FedAvg's weight: the model is the attacker's.
     uncapped = _aggregate(fed.model, updates, claims, labels,
-                          strategy_args={"max_examples": 10**13})  # fmt: skip
+                          strategy_args={"max_examples": 10**13,
+                                         "max_weight_ratio": 1e15})  # fmt: skip
     assert uncapped["rejected"] == []
     dominated = _model(uncapped["model"])
     assert _distance(dominated, attacker) < 1e-4
     assert _distance(dominated, honest_only) > 0.99 * _distance(attacker, honest_only)
+
+
+def test_no_client_weighs_more_than_ten_medians_by_default(fed: Fed) -> None:
+    """A claim under max_examples is accepted but clamped to 10x the median accepted claim (75
+    of 60, 70, 80 and the liar's): the liar weighs 750 of 960, not 2^31 - 1 of 2^31 + 209."""
+    honest, counts = _nudged(fed)
+    attacker = {k: v + np.float32(5.0) for k, v in fed.weights.items()}
+    liar = _put_model(attacker, fed.spec, {"round": 1, "update_of": fed.model}, "federated client")
+    answer = _aggregate(fed.model, [*honest, liar], [*counts, 2**31 - 1], [*HONEST, "liar"])
+    assert answer["rejected"] == []
+    assert answer["metrics"]["num_examples"] == sum(counts) + 10 * 75
+    share = _distance(_model(answer["model"]), fed.weights) / _distance(attacker, fed.weights)
+    assert share == pytest.approx(750 / 960, abs=0.01)
 
 
 # -- 4. late updates -----------------------------------------------------------------------------
