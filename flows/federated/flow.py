@@ -394,17 +394,21 @@ def aggregate_round(
 
 def _check_declared(art: Any, weights: Weights) -> None:
     """Raise :class:`FlowError` unless the update declares exactly the global model's array
-    names and shapes: checked on its metadata, so a claimed 10^9-element array is refused
-    before it is allocated."""
-    declared = {name: info.shape for name, info in art.arrays().items()}
-    missing = sorted(set(weights) - set(declared))
-    extra = sorted(set(declared) - set(weights))
+    names and shapes (in validation's words): checked on its metadata, so a claimed
+    10^9-element array is refused before it is allocated."""
+    from flows.federated.validate import _names
+
+    declared = {name: tuple(info.shape) for name, info in art.arrays().items()}
+    missing = [n for n in weights if n not in declared]
+    extra = sorted(n for n in declared if n not in weights)
     if missing or extra:
-        raise FlowError(f"update declares missing arrays {missing[:5]}, unexpected {extra[:5]}")
+        parts = [f"missing arrays {_names(missing)}"] if missing else []
+        parts += [f"unexpected arrays {_names(extra)}"] if extra else []
+        raise FlowError("; ".join(parts))
     for name, shape in declared.items():
-        if tuple(shape) != tuple(np.shape(weights[name])):
-            raise FlowError(f"update declares array {name!r} of shape {list(shape)}, the global "
-                            f"model {list(np.shape(weights[name]))}")  # fmt: skip
+        if shape != tuple(np.shape(weights[name])):
+            raise FlowError(f"array {name!r} has shape {list(shape)}, the global model "
+                            f"{list(np.shape(weights[name]))}")  # fmt: skip
 
 
 def _secure_round(

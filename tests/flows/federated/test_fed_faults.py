@@ -623,8 +623,8 @@ def test_extra_missing_and_misdeclared_arrays_are_refused_from_their_metadata(fe
     answer = _aggregate(fed.model, [*honest, extra, missing], [*counts, 10, 10],
                         [*HONEST, "extra", "missing"])  # fmt: skip
     reasons = _reasons(answer)
-    assert "unexpected ['smuggled']" in reasons["extra"]
-    assert f"missing arrays [{name!r}]" in reasons["missing"]
+    assert reasons["extra"] == "unexpected arrays 'smuggled'"
+    assert reasons["missing"] == f"missing arrays {name!r}"
     assert answer["model"] is not None
     assert answer["metrics"]["accepted"] == 3
 
@@ -640,7 +640,9 @@ def test_a_billion_element_array_is_refused_before_it_is_read() -> None:
         def to_state_dict(self) -> Any:
             raise AssertionError("read before its declared shape was checked")
 
-    with pytest.raises(FlowError, match=r"declares array 'w' of shape \[1000000000\]"):
+    with pytest.raises(
+        FlowError, match=r"array 'w' has shape \[1000000000\], the global model \[4\]"
+    ):
         _check_declared(Huge(), {"w": np.zeros(4, np.float32)})
 
 
