@@ -16,11 +16,16 @@ __all__ = ["canonical_json", "loads_strict"]
 def canonical_json(value: Any) -> bytes:
     """Encode ``value`` as canonical JSON bytes.
 
-    Raises ``ValueError`` for NaN/infinite floats and ``TypeError`` for values JSON cannot hold.
+    Raises ``ValueError`` for NaN/infinite floats and for nesting deeper than the recursion
+    limit, ``TypeError`` for values JSON cannot hold.
     """
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    try:
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except RecursionError:
+        raise ValueError("the value nests too deep for JSON") from None
+    return text.encode("utf-8")
 
 
 def _reject_constant(name: str) -> Any:
@@ -44,11 +49,16 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def loads_strict(data: bytes) -> Any:
-    """Parse JSON bytes strictly: UTF-8 only, no NaN/Infinity, no duplicate keys."""
+    """Parse JSON bytes strictly: UTF-8 only, no NaN/Infinity, no duplicate keys; nesting
+    deeper than the interpreter's recursion limit is a ``ValueError`` (a stranger's document
+    must not raise ``RecursionError`` in whoever reads it)."""
     text = data.decode("utf-8")
-    return json.loads(
-        text,
-        parse_constant=_reject_constant,
-        parse_float=_finite_float,
-        object_pairs_hook=_unique_object,
-    )
+    try:
+        return json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_object,
+        )
+    except RecursionError:
+        raise ValueError("JSON nests too deep") from None

@@ -565,7 +565,9 @@ def _print_history(result: dict[str, Any]) -> None:
     if privacy:
         what = ("each client's examples (DP-SGD on the clients)" if privacy["level"] == "example"
                 else "each whole client (noise on the sum of updates)")  # fmt: skip
-        click.echo(f"privacy: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} "
-                   f"for {what}")  # fmt: skip
+        eps = privacy["epsilon"]  # None: no client reported a valid DP-SGD spend
+        spent = f"{eps:.3g}" if eps is not None else "unknown"
+        click.echo(f"privacy: epsilon {spent} at delta {privacy['delta']:g} for {what}; "
+                   f"noise: {privacy.get('noise', 'unstated')}")  # fmt: skip
     if result.get("plot"):
         click.echo(f"plot: {result['plot']}")

@@ -16,12 +16,17 @@ have no cross-example layers (batch normalisation); the zoo's ``logreg`` and ``m
 The optimiser is Adam on the noisy gradient (post-processing). FedProx's proximal term
 depends on no data and is added after the noise. The training loss is not reported: it is
 computed on private examples without noise.
+
+Batch sampling is seeded (a recorded parameter); the noise is not: it comes from a generator
+seeded from the OS CSPRNG for each round (:func:`noise_generator`), a seed never recorded, so
+nobody who reads the receipts can regenerate and subtract it.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +35,14 @@ import numpy as np
 from flows.errors import TrainingError
 from flows.federated.client import ClientResult, ModelSpec, Weights, load_weights, state_to_weights
 
-__all__ = ["DPPlan", "dp_sgd_train", "noisy_gradient", "plan"]
+__all__ = ["DPPlan", "dp_sgd_train", "noise_generator", "noisy_gradient", "plan"]
+
+
+def noise_generator() -> Any:
+    """A ``torch.Generator`` seeded with 63 fresh bits from the OS CSPRNG, kept nowhere."""
+    import torch
+
+    return torch.Generator().manual_seed(secrets.randbits(63))
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,8 @@ def noisy_gradient(
     net: Any, xb: Any, yb: Any, clip: float, std: float, scale: float, gen: Any
 ) -> dict[str, Any]:
     """``scale · (Σ_i clip_C(∇ℓ(x_i, y_i)) + N(0, std²))`` for the batch ``xb``/``yb`` (which
-    may be empty), by parameter name; per-example gradients by ``vmap`` over ``grad``."""
+    may be empty), by parameter name; per-example gradients by ``vmap`` over ``grad``; the
+    noise from ``gen`` (in training, :func:`noise_generator`)."""
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call, grad, vmap
@@ -110,7 +123,8 @@ def dp_sgd_train(
     seed: int = 0,
     proximal_mu: float = 0.0,
 ) -> ClientResult:
-    """One round of DP-SGD from ``global_weights``: ``dp.steps_per_round`` noisy steps."""
+    """One round of DP-SGD from ``global_weights``: ``dp.steps_per_round`` noisy steps. The
+    batches follow ``seed``; the noise is fresh from the OS CSPRNG (not reproducible)."""
     import torch
 
     from flows.training import _deterministic
@@ -129,14 +143,15 @@ def dp_sgd_train(
     scale = 1.0 / (dp.sample_rate * n)
     with _deterministic(torch.device("cpu")), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # sampling: seeded, reproducible
+        noise = noise_generator()  # the noise: OS CSPRNG, never recorded
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         net.train()
         taken = 0
         for _ in range(dp.steps_per_round):
             chosen = torch.nonzero(torch.rand(n, generator=gen) < dp.sample_rate).squeeze(1)
             taken += len(chosen)
-            step = noisy_gradient(net, xs[chosen], ys[chosen], dp.clip, std, scale, gen)
+            step = noisy_gradient(net, xs[chosen], ys[chosen], dp.clip, std, scale, noise)
             for k, p in net.named_parameters():
                 if proximal_mu:
                     step[k] = step[k] + proximal_mu * (p.detach() - anchor[k])

@@ -16,8 +16,9 @@ Every step's inputs and outputs are CIDs: each round's global model, every clien
 each aggregation are artifacts with signed receipts, so ``cidflow lineage`` traces the final
 model through every round to the data. Because each step is cached by content, a coordinator
 killed mid-run resumes where it stopped when run again, and ends with the same model CID as an
-uninterrupted run with the same seeds. A round with fewer than ``min_clients`` answers or
-accepted updates fails the run cleanly: no partial model is produced.
+uninterrupted run with the same seeds (with DP, only up to the last cached step: the noise
+comes from the OS CSPRNG, so a recomputed step draws new noise). A round with fewer than
+``min_clients`` answers or accepted updates fails the run cleanly: no partial model is produced.
 
 Evaluation: the centralised accuracy of each round's model on the dataset's test split, and a
 federated one: each client evaluates the global model it receives on its held-out part (its
@@ -32,6 +33,7 @@ after masking makes the round start again without it, never a partial unmasking.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -295,7 +297,7 @@ def _put_masked(
 def aggregate_round(
     global_model: str,
     updates: list[str],
-    counts: list[int],
+    counts: list[Any],  # as the clients claimed them: validated in screening
     round: int,
     strategy: str,
     strategy_args: dict[str, Any] | None = None,
@@ -312,7 +314,7 @@ def aggregate_round(
     with ``min_cosine``, so is one pointing away from the round's median update, with
     ``max_norm_ratio`` one far longer than the round's median update
     (:func:`~flows.federated.validate.outlier_screen`).
-    With ``dp`` (``clip``, ``noise_multiplier``, ``seed``; FedAvg only) the screened updates are
+    With ``dp`` (``clip``, ``noise_multiplier``; FedAvg only) the screened updates are
     clipped and averaged with Gaussian noise (:func:`~flows.federated.privacy.private_mean`);
     with ``secure`` (``participants``, ``context``) the masked updates are summed and only the
     sum is unmasked (:func:`~flows.federated.secagg.unmask_sum`)."""
@@ -335,13 +337,19 @@ def aggregate_round(
     fresh, stale, loaded = [], [], {}
     for label, u, n in zip(labels, updates, counts, strict=True):
         try:  # a client's answer is untrusted: anything unreadable is a rejection, not a crash
+            if not isinstance(u, str):
+                raise FlowError(f"update is a {type(u).__name__}, not a CID")
             art = store.open_artifact(u)
             info = art.attrs.get(FED_ATTR) or {}
+            if not isinstance(info, dict):
+                raise FlowError(f"update attribute {FED_ATTR!r} is not an object")
             if secure is None:
                 if art.kind != "state_dict":
                     raise FlowError(f"update {u} is a {art.kind!r} artifact, not a model")
+                _check_declared(art, weights)  # before anything is read or allocated
                 loaded[u] = state_to_weights(art.to_state_dict())
-        except (ArtifactError, InvalidCIDError, FlowError) as exc:
+        except (ArtifactError, InvalidCIDError, FlowError, ValueError, TypeError,
+                RecursionError) as exc:  # fmt: skip
             stale.append((label, one_line(exc)))
             continue
         if info.get("round") != round:
@@ -382,6 +390,25 @@ def aggregate_round(
         arrays = {f"m/{n}": a for n, a in st.m.items()} | {f"v/{n}": a for n, a in st.v.items()}
         answer["server_state"] = str(store.put_arrays(arrays, attrs={"step": st.step}))
     return answer
+
+
+def _check_declared(art: Any, weights: Weights) -> None:
+    """Raise :class:`FlowError` unless the update declares exactly the global model's array
+    names and shapes (in validation's words): checked on its metadata, so a claimed
+    10^9-element array is refused before it is allocated."""
+    from flows.federated.validate import _names
+
+    declared = {name: tuple(info.shape) for name, info in art.arrays().items()}
+    missing = [n for n in weights if n not in declared]
+    extra = sorted(n for n in declared if n not in weights)
+    if missing or extra:
+        parts = [f"missing arrays {_names(missing)}"] if missing else []
+        parts += [f"unexpected arrays {_names(extra)}"] if extra else []
+        raise FlowError("; ".join(parts))
+    for name, shape in declared.items():
+        if shape != tuple(np.shape(weights[name])):
+            raise FlowError(f"array {name!r} has shape {list(shape)}, the global model "
+                            f"{list(np.shape(weights[name]))}")  # fmt: skip
 
 
 def _secure_round(
@@ -425,13 +452,14 @@ def _private_round(
     if not isinstance(chosen, FedAvg):
         raise AggregationError("differential privacy is offered with fedavg only")
     accepted, rejected = screen(weights, results, norm_bound=chosen.norm_bound,
-                                max_examples=chosen.max_examples)  # fmt: skip
+                                max_examples=chosen.max_examples,
+                                max_weight_ratio=chosen.max_weight_ratio)  # fmt: skip
     metrics: dict[str, float | int | str] = {"received": len(results), "accepted": len(accepted)}
     if len(accepted) < chosen.min_clients:
         return AggregateResult(None, rejected, metrics, failure="too few accepted updates")
-    rng = np.random.default_rng([int(dp.get("seed", 0)), round])
+    # The noise comes from the OS CSPRNG, never from a recorded seed (DESIGN.md, invariant 9).
     mean = private_mean(weights, [u.weights for u in accepted], clip=float(dp["clip"]),
-                        noise_multiplier=float(dp["noise_multiplier"]), rng=rng)  # fmt: skip
+                        noise_multiplier=float(dp["noise_multiplier"]))  # fmt: skip
     return AggregateResult(cast_like(weights, mean), rejected, metrics)
 
 
@@ -469,18 +497,40 @@ def _context(global_model: str, rnd: int, attempt: int) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _claimed(value: Any) -> int | str:
+    """A client's claimed count for validation to accept or reject with a reason (never a
+    bare ``int()`` of what a client sent): the integer, a short string as sent, or the
+    ``repr`` of anything else (so the value can be a cache key)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and len(value) <= 80:
+        return value
+    return repr(value)[:80]
+
+
+def _number(value: Any) -> float | None:
+    """A client's reported figure as a finite float, or ``None`` if it is anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    out = float(value)
+    return out if math.isfinite(out) else None
+
+
 def _federated_evaluation(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The clients' evaluations of one global model: the example-weighted accuracy (in
     simulation the held-out parts together are the test split, so it equals the centralised
     figure) and each client's own, which shows how evenly the model serves non-IID clients."""
-    evals = {c: a["evaluation"] for c, a in answers.items() if a.get("evaluation")}
-    total = sum(int(e["examples"]) for e in evals.values())
-    weighted = (
-        sum(float(e["accuracy"]) * int(e["examples"]) for e in evals.values()) / total
-        if total
-        else None
-    )
-    per_client = {c: float(e["accuracy"]) for c, e in evals.items() if int(e["examples"])}
+    evals: dict[str, tuple[int, float]] = {}
+    for c, a in answers.items():  # a client's answer is untrusted: a malformed one is left out
+        e = a.get("evaluation") if isinstance(a, dict) else None
+        if not isinstance(e, dict):
+            continue
+        n, acc = _claimed(e.get("examples")), _number(e.get("accuracy"))
+        if isinstance(n, int) and 0 <= n <= 2**31 - 1 and acc is not None and 0 <= acc <= 1:
+            evals[c] = (n, acc)
+    total = sum(n for n, _ in evals.values())
+    weighted = sum(acc * n for n, acc in evals.values()) / total if total else None
+    per_client = {c: acc for c, (n, acc) in evals.items() if n}
     return {"federated_accuracy": weighted, "client_accuracy": per_client}
 
 
@@ -579,7 +629,7 @@ def federated_train_fn(
         from flows.federated.privacy import noise_for_epsilon
 
         sigma = noise_for_epsilon(dp_epsilon, rounds, dp_delta)
-        dp = {"clip": dp_clip, "noise_multiplier": sigma, "seed": seed}
+        dp = {"clip": dp_clip, "noise_multiplier": sigma}  # no seed: the noise is not seeded
         log.info(
             "differential privacy: epsilon %.3g at delta %g over %d rounds: noise multiplier "
             "%.4f, clip %g", dp_epsilon, dp_delta, rounds, sigma, dp_clip,
@@ -657,13 +707,18 @@ def federated_train_fn(
                         ", ".join(c for c, _ in got.missing))  # fmt: skip
         answered = [c for c in participants if c in got.answers]
         for c in answered if client_dp is not None else ():
-            spent_by[c] = {k: float(got.answers[c]["metrics"][k])
-                           for k in ("epsilon", "noise_multiplier", "sample_rate")}  # fmt: skip
+            reported = got.answers[c].get("metrics")
+            figures = {k: _number(reported.get(k)) if isinstance(reported, dict) else None
+                       for k in ("epsilon", "noise_multiplier", "sample_rate")}  # fmt: skip
+            if all(v is not None for v in figures.values()):
+                spent_by[c] = {k: float(v) for k, v in figures.items() if v is not None}
+            else:
+                log.warning("round %d: %s reported no valid DP-SGD spend", rnd, c)
         if history:
             history[-1].update(_federated_evaluation(got.answers))
         agg = aggregate_round(
             global_model=global_model, updates=[got.answers[c]["update"] for c in answered],
-            counts=[int(got.answers[c]["num_examples"]) for c in answered], round=rnd,
+            counts=[_claimed(got.answers[c].get("num_examples")) for c in answered], round=rnd,
             strategy=strategy, strategy_args=args, server_state=state, dp=dp, clients=answered,
             secure={"participants": answered, "context": context} if secure else None,
             min_cosine=min_cosine, max_norm_ratio=max_norm_ratio,
@@ -680,6 +735,7 @@ def federated_train_fn(
         metrics = evaluate(model=global_model, dataset=dataset, code=ref.code)["metrics"]
         row: dict[str, Any] = {"round": rnd, "accuracy": float(metrics["accuracy"]),
                "loss": float(metrics["loss"]), "rejected": len(agg["rejected"]),
+               "rejections": [list(r) for r in agg["rejected"]],
                "clients": len(answered), "federated_accuracy": None, "client_accuracy": {},
                "missing": [list(m) for m in dropped],
                "late": [{k: v for k, v in late.items() if k != "state"} for late in late_seen],
@@ -691,14 +747,18 @@ def federated_train_fn(
                              {c: {"epochs": 0} for c in labels if c not in excluded})  # fmt: skip
     history[-1].update(_federated_evaluation(final.answers))
     privacy = None
+    from flows.federated.privacy import NOISE
+
     if dp is not None:
         from flows.federated.privacy import epsilon
 
         spent = epsilon(dp["noise_multiplier"], rounds, dp_delta)
-        privacy = {"level": "client", "epsilon": spent, "delta": dp_delta, **dp}
+        privacy = {"level": "client", "epsilon": spent, "delta": dp_delta, **dp, "noise": NOISE}
     elif client_dp is not None:
-        privacy = {"level": "example", "epsilon": max(s["epsilon"] for s in spent_by.values()),
-                   "delta": dp_delta, "clip": dp_clip, "clients": spent_by}  # fmt: skip
+        worst = max((s["epsilon"] for s in spent_by.values()), default=None)
+        privacy = {"level": "example", "epsilon": worst,
+                   "delta": dp_delta, "clip": dp_clip, "clients": spent_by,
+                   "noise": NOISE}  # fmt: skip
     return {"model": global_model, "history": history, "accuracy": history[-1]["accuracy"],
             "clients": client_data, "strategy": strategy, "privacy": privacy,
             "federated_accuracy": history[-1]["federated_accuracy"], "secure": secure}  # fmt: skip

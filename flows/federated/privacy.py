@@ -17,11 +17,19 @@ probability ``q`` (Poisson sampling). Its RDP at integer order α is ``log A_α 
 ``A_α = Σ_k C(α, k) (1 − q)^(α−k) q^k exp((k² − k) / (2σ²))`` (Mironov, Talwar & Zhang 2019,
 Sec. 3.3; the form TensorFlow Privacy and Opacus compute for integer orders); ``q = 1`` gives
 back ``α / (2σ²)``. With ``q < 1`` only integer orders are searched.
+
+The noise is drawn from a generator seeded afresh from the operating system's CSPRNG
+(:func:`noise_rng`) at every draw; the seed is never stored, logged, returned or put in a
+receipt, parameter or cache key. A recorded seed would let anyone who reads the receipts
+regenerate the noise and subtract it. So a DP result is not bit-for-bit reproducible (a cache
+hit returns the stored result; a recomputation draws new noise), and reports say so with
+:data:`NOISE`. Everything else (sampling, shuffling, initialisation) stays seeded.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +38,8 @@ import numpy as np
 from flows.errors import AggregationError
 
 __all__ = [
-    "DEFAULT_ORDERS", "clip_update", "epsilon", "noise_for_epsilon", "private_mean", "rdp",
+    "DEFAULT_ORDERS", "NOISE", "clip_update", "epsilon", "noise_for_epsilon", "noise_rng",
+    "private_mean", "rdp",
 ]  # fmt: skip
 
 Array = np.ndarray[Any, Any]
@@ -38,6 +47,14 @@ Array = np.ndarray[Any, Any]
 DEFAULT_ORDERS: tuple[float, ...] = (
     *(1 + x / 10 for x in range(1, 100)), *range(11, 64), 64.0, 128.0, 256.0, 512.0, 1024.0,
 )  # fmt: skip
+
+#: What reports say of the noise's source: it cannot be regenerated from anything recorded.
+NOISE = "os-csprng, not reproducible"
+
+
+def noise_rng() -> np.random.Generator:
+    """A generator seeded with 128 fresh bits from the OS CSPRNG; the seed is kept nowhere."""
+    return np.random.default_rng(secrets.randbits(128))
 
 
 def _positive(value: float, what: str) -> float:
@@ -68,9 +85,9 @@ def private_mean(
     *,
     clip: float,
     noise_multiplier: float,
-    rng: np.random.Generator,
 ) -> dict[str, Array]:
-    """The new global weights: base + (Σ clipped Δ_k + N(0, (σ·clip)²)) / n, in float64."""
+    """The new global weights: base + (Σ clipped Δ_k + N(0, (σ·clip)²)) / n, in float64; the
+    noise from :func:`noise_rng` (never reproducible, by design)."""
     if not updates:
         raise AggregationError("no updates to aggregate")
     sigma = _positive(noise_multiplier, "noise_multiplier") * _positive(clip, "clip")
@@ -80,6 +97,7 @@ def private_mean(
         clipped = clip_update(update, base, clip)
         for k in total:
             total[k] += clipped[k] - np.asarray(base[k], np.float64)
+    rng = noise_rng()
     return {
         k: np.asarray(base[k], np.float64) + (t + rng.normal(0.0, sigma, size=t.shape)) / n
         for k, t in total.items()

@@ -602,3 +602,20 @@ def test_gc_running_while_a_large_add_is_in_progress(home: Path, tmp_path: Path)
     result = run_cli(home, "get", cid, out)
     assert result.returncode == 0, result.stderr
     assert sha256_file(out / "big.bin") == sha256_file(big)
+
+
+def test_a_manifest_nested_100000_deep_is_a_manifest_error_not_a_recursion_error() -> None:
+    from artifacts.errors import ManifestError
+    from artifacts.manifest import decode_root
+
+    deep = b'{"format":"' + ARTIFACT_FORMAT.encode() + b'","kind":"arrays","attrs":'
+    deep += b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b',"tables":{}}'
+    with pytest.raises(ManifestError, match="nests too deep"):
+        decode_root(compute_cid(deep, codec="json"), deep)
+    with pytest.raises(ValueError, match="nests too deep"):
+        loads_strict(b"[" * 100_000 + b"]" * 100_000)
+    value: Any = 1
+    for _ in range(100_000):
+        value = [value]
+    with pytest.raises(ValueError, match="nests too deep"):
+        canonical_json(value)

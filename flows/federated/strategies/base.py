@@ -20,9 +20,18 @@ from typing import ClassVar, TypeAlias
 
 from flows.errors import AggregationError
 from flows.federated.aggregate import Array, Weights, cast_like
-from flows.federated.validate import ClientUpdate, check_limits, screen
+from flows.federated.validate import (
+    DEFAULT_MAX_WEIGHT_RATIO,
+    ClientUpdate,
+    check_limits,
+    check_weight_ratio,
+    screen,
+)
 
-__all__ = ["AggregateResult", "Metrics", "Strategy", "as_results"]
+__all__ = [
+    "DEFAULT_MAX_EXAMPLES", "DEFAULT_MAX_WEIGHT_RATIO", "AggregateResult", "Metrics", "Strategy",
+    "as_results",
+]  # fmt: skip
 
 Metrics: TypeAlias = dict[str, float | int | str]
 """Scalar facts about one aggregation (counts, norms, chosen clients)."""
@@ -70,7 +79,7 @@ class Strategy(ABC):
     Subclasses set :attr:`name` and implement :meth:`combine`; they may override
     :meth:`client_config` to send per-round settings to the clients.
 
-    ``norm_bound`` and ``max_examples`` are the screening limits (see
+    ``norm_bound``, ``max_examples`` and ``max_weight_ratio`` are the screening limits (see
     :mod:`flows.federated.validate`); ``min_clients`` is how many accepted updates a round needs
     (fewer is a failed round, never a partial model).
     """
@@ -83,11 +92,13 @@ class Strategy(ABC):
         min_clients: int = 1,
         norm_bound: float = math.inf,
         max_examples: int = DEFAULT_MAX_EXAMPLES,
+        max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
         self.min_clients = _positive_int(min_clients, "min_clients")
         check_limits(norm_bound, max_examples)
         self.norm_bound = norm_bound
         self.max_examples = max_examples
+        self.max_weight_ratio = check_weight_ratio(max_weight_ratio)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(min_clients={self.min_clients})"
@@ -115,7 +126,11 @@ class Strategy(ABC):
         """One round: screen ``(client_id, weights, num_examples)`` results and combine them."""
         try:
             accepted, rejected = screen(
-                global_weights, results, norm_bound=self.norm_bound, max_examples=self.max_examples
+                global_weights,
+                results,
+                norm_bound=self.norm_bound,
+                max_examples=self.max_examples,
+                max_weight_ratio=self.max_weight_ratio,
             )
         except AggregationError as e:  # the global model itself is unusable
             return AggregateResult(None, [], {"received": len(results)}, failure=str(e))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from flows.federated.strategies.base import DEFAULT_MAX_EXAMPLES
+from flows.federated.strategies.base import DEFAULT_MAX_EXAMPLES, DEFAULT_MAX_WEIGHT_RATIO
 from flows.federated.strategies.fedopt import F64Array, FedOpt, ServerOptState
 
 __all__ = ["FedAdagrad"]
@@ -34,6 +34,7 @@ class FedAdagrad(FedOpt):
         min_clients: int = 1,
         norm_bound: float = math.inf,
         max_examples: int = DEFAULT_MAX_EXAMPLES,
+        max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
         super().__init__(
             eta=eta,
@@ -47,6 +48,7 @@ class FedAdagrad(FedOpt):
             min_clients=min_clients,
             norm_bound=norm_bound,
             max_examples=max_examples,
+            max_weight_ratio=max_weight_ratio,
         )
 
     def second_moment(self, v: F64Array, delta_sq: F64Array) -> F64Array:

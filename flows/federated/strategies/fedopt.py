@@ -46,7 +46,12 @@ import numpy.typing as npt
 
 from flows.errors import AggregationError
 from flows.federated.aggregate import Array, Weights, cast_like, fedavg, weighted_average
-from flows.federated.strategies.base import DEFAULT_MAX_EXAMPLES, Metrics, Strategy
+from flows.federated.strategies.base import (
+    DEFAULT_MAX_EXAMPLES,
+    DEFAULT_MAX_WEIGHT_RATIO,
+    Metrics,
+    Strategy,
+)
 from flows.federated.validate import ClientUpdate
 
 __all__ = ["FedOpt", "ServerOptState"]
@@ -90,8 +95,14 @@ class FedOpt(Strategy):
         min_clients: int = 1,
         norm_bound: float = math.inf,
         max_examples: int = DEFAULT_MAX_EXAMPLES,
+        max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
-        super().__init__(min_clients=min_clients, norm_bound=norm_bound, max_examples=max_examples)
+        super().__init__(
+            min_clients=min_clients,
+            norm_bound=norm_bound,
+            max_examples=max_examples,
+            max_weight_ratio=max_weight_ratio,
+        )
         self.eta = _real(eta, "eta", low=0.0, high=math.inf, low_open=True)
         self.beta_1 = _real(beta_1, "beta_1", low=0.0, high=1.0, low_open=False)
         self.beta_2 = _real(beta_2, "beta_2", low=0.0, high=1.0, low_open=False)

@@ -14,7 +14,7 @@ import numbers
 from typing import ClassVar
 
 from flows.errors import AggregationError
-from flows.federated.strategies.base import DEFAULT_MAX_EXAMPLES
+from flows.federated.strategies.base import DEFAULT_MAX_EXAMPLES, DEFAULT_MAX_WEIGHT_RATIO
 from flows.federated.strategies.fedavg import FedAvg
 
 __all__ = ["FedProx"]
@@ -32,8 +32,14 @@ class FedProx(FedAvg):
         min_clients: int = 1,
         norm_bound: float = math.inf,
         max_examples: int = DEFAULT_MAX_EXAMPLES,
+        max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
-        super().__init__(min_clients=min_clients, norm_bound=norm_bound, max_examples=max_examples)
+        super().__init__(
+            min_clients=min_clients,
+            norm_bound=norm_bound,
+            max_examples=max_examples,
+            max_weight_ratio=max_weight_ratio,
+        )
         if (
             isinstance(proximal_mu, bool)
             or not isinstance(proximal_mu, numbers.Real)

@@ -9,7 +9,13 @@ from typing import ClassVar
 
 from flows.errors import AggregationError
 from flows.federated.aggregate import Array, Weights, trimmed_mean
-from flows.federated.strategies.base import DEFAULT_MAX_EXAMPLES, Metrics, Strategy, as_results
+from flows.federated.strategies.base import (
+    DEFAULT_MAX_EXAMPLES,
+    DEFAULT_MAX_WEIGHT_RATIO,
+    Metrics,
+    Strategy,
+    as_results,
+)
 from flows.federated.validate import ClientUpdate
 
 __all__ = ["FedTrimmedAvg"]
@@ -31,8 +37,14 @@ class FedTrimmedAvg(Strategy):
         min_clients: int = 1,
         norm_bound: float = math.inf,
         max_examples: int = DEFAULT_MAX_EXAMPLES,
+        max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
-        super().__init__(min_clients=min_clients, norm_bound=norm_bound, max_examples=max_examples)
+        super().__init__(
+            min_clients=min_clients,
+            norm_bound=norm_bound,
+            max_examples=max_examples,
+            max_weight_ratio=max_weight_ratio,
+        )
         if (
             isinstance(beta, bool)
             or not isinstance(beta, numbers.Real)

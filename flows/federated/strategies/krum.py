@@ -8,7 +8,13 @@ from typing import ClassVar
 
 from flows.errors import AggregationError
 from flows.federated.aggregate import Array, Weights, krum_select, weighted_average
-from flows.federated.strategies.base import DEFAULT_MAX_EXAMPLES, Metrics, Strategy, as_results
+from flows.federated.strategies.base import (
+    DEFAULT_MAX_EXAMPLES,
+    DEFAULT_MAX_WEIGHT_RATIO,
+    Metrics,
+    Strategy,
+    as_results,
+)
 from flows.federated.validate import ClientUpdate
 
 __all__ = ["Krum", "MultiKrum"]
@@ -38,8 +44,14 @@ class Krum(Strategy):
         min_clients: int = 1,
         norm_bound: float = math.inf,
         max_examples: int = DEFAULT_MAX_EXAMPLES,
+        max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
-        super().__init__(min_clients=min_clients, norm_bound=norm_bound, max_examples=max_examples)
+        super().__init__(
+            min_clients=min_clients,
+            norm_bound=norm_bound,
+            max_examples=max_examples,
+            max_weight_ratio=max_weight_ratio,
+        )
         self.num_malicious = _non_negative(num_malicious, "num_malicious", 0)
         self.to_keep = _non_negative(to_keep, "to_keep", 0)
 
@@ -67,6 +79,7 @@ class MultiKrum(Krum):
         min_clients: int = 1,
         norm_bound: float = math.inf,
         max_examples: int = DEFAULT_MAX_EXAMPLES,
+        max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
         super().__init__(
             num_malicious=num_malicious,
@@ -74,4 +87,5 @@ class MultiKrum(Krum):
             min_clients=min_clients,
             norm_bound=norm_bound,
             max_examples=max_examples,
+            max_weight_ratio=max_weight_ratio,
         )

@@ -296,13 +296,27 @@ def test_a_huge_example_count_is_capped_instead_of_dominating_fedavg(fed: Fed) -
     got = _model(capped["model"])
     assert all(np.array_equal(got[k], honest_only[k]) for k in honest_only)
 
-    # Without the cap the liar buys ~all of FedAvg's weight: the model is the attacker's.
+    # Without either cap the liar buys ~all of FedAvg's weight: the model is the attacker's.
     uncapped = _aggregate(fed.model, updates, claims, labels,
-                          strategy_args={"max_examples": 10**13})  # fmt: skip
+                          strategy_args={"max_examples": 10**13,
+                                         "max_weight_ratio": 1e15})  # fmt: skip
     assert uncapped["rejected"] == []
     dominated = _model(uncapped["model"])
     assert _distance(dominated, attacker) < 1e-4
     assert _distance(dominated, honest_only) > 0.99 * _distance(attacker, honest_only)
+
+
+def test_no_client_weighs_more_than_ten_medians_by_default(fed: Fed) -> None:
+    """A claim under max_examples is accepted but clamped to 10x the median accepted claim (75
+    of 60, 70, 80 and the liar's): the liar weighs 750 of 960, not 2^31 - 1 of 2^31 + 209."""
+    honest, counts = _nudged(fed)
+    attacker = {k: v + np.float32(5.0) for k, v in fed.weights.items()}
+    liar = _put_model(attacker, fed.spec, {"round": 1, "update_of": fed.model}, "federated client")
+    answer = _aggregate(fed.model, [*honest, liar], [*counts, 2**31 - 1], [*HONEST, "liar"])
+    assert answer["rejected"] == []
+    assert answer["metrics"]["num_examples"] == sum(counts) + 10 * 75
+    share = _distance(_model(answer["model"]), fed.weights) / _distance(attacker, fed.weights)
+    assert share == pytest.approx(750 / 960, abs=0.01)
 
 
 # -- 4. late updates -----------------------------------------------------------------------------
@@ -572,3 +586,102 @@ def test_an_evaluation_only_client_round_sends_no_update(fed: Fed) -> None:
     receipt = load_receipt(fed.store, answer["receipt"])
     assert receipt.task == "fed-client"
     assert receipt.outputs == []
+
+
+# -- 9. untrusted answers: every field type-checked into a recorded rejection ---------------------
+
+
+@pytest.mark.parametrize(
+    ("claim", "reason"),
+    [
+        ("lots", "num_examples 'lots' is not an integer"),
+        (-1, "num_examples -1 is not positive"),
+        (2**62, f"claims {2**62} examples, more than the cap of 2147483647"),
+        (True, "num_examples True is not an integer"),
+        (1.5, "num_examples 1.5 is not an integer"),
+        (None, "num_examples None is not an integer"),
+    ],
+)
+def test_a_bad_example_count_is_a_rejection_and_the_honest_clients_aggregate(
+    fed: Fed, claim: Any, reason: str
+) -> None:
+    honest, counts = _nudged(fed)
+    liar = _put_model(fed.weights, fed.spec, {"round": 1, "update_of": fed.model}, "client")
+    answer = _aggregate(fed.model, [*honest, liar], [*counts, claim], [*HONEST, "liar"])
+    assert _reasons(answer) == {"liar": reason}
+    expected = _model(_aggregate(fed.model, honest, counts, HONEST)["model"])
+    got = _model(answer["model"])
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
+
+
+def test_extra_missing_and_misdeclared_arrays_are_refused_from_their_metadata(fed: Fed) -> None:
+    honest, counts = _nudged(fed)
+    info = {"round": 1, "update_of": fed.model}
+    name = next(iter(fed.weights))
+    extra = _put_raw(fed, {**fed.weights, "smuggled": np.zeros(3, np.float32)}, info)
+    missing = _put_raw(fed, {k: v for k, v in fed.weights.items() if k != name}, info)
+    answer = _aggregate(fed.model, [*honest, extra, missing], [*counts, 10, 10],
+                        [*HONEST, "extra", "missing"])  # fmt: skip
+    reasons = _reasons(answer)
+    assert reasons["extra"] == "unexpected arrays 'smuggled'"
+    assert reasons["missing"] == f"missing arrays {name!r}"
+    assert answer["model"] is not None
+    assert answer["metrics"]["accepted"] == 3
+
+
+def test_a_billion_element_array_is_refused_before_it_is_read() -> None:
+    from artifacts.artifact import ArrayInfo
+    from flows.federated.flow import _check_declared
+
+    class Huge:  # declares 10^9 elements; reading it would fail the test
+        def arrays(self) -> dict[str, ArrayInfo]:
+            return {"w": ArrayInfo("w", (10**9,), "float32", (10**6,), {})}
+
+        def to_state_dict(self) -> Any:
+            raise AssertionError("read before its declared shape was checked")
+
+    with pytest.raises(
+        FlowError, match=r"array 'w' has shape \[1000000000\], the global model \[4\]"
+    ):
+        _check_declared(Huge(), {"w": np.zeros(4, np.float32)})
+
+
+def test_round_info_that_is_not_an_object_or_nests_deep_is_a_rejection(fed: Fed) -> None:
+    honest, counts = _nudged(fed)
+    flat = _put_model(fed.weights, fed.spec, [1, 2], "client")  # type: ignore[arg-type]
+    deep: Any = 1
+    for _ in range(200):
+        deep = {"a": deep}
+    nested = _put_model(fed.weights, fed.spec, {"round": deep, "update_of": fed.model}, "c")
+    answer = _aggregate(fed.model, [*honest, flat, nested], [*counts, 10, 10],
+                        [*HONEST, "flat", "nested"])  # fmt: skip
+    reasons = _reasons(answer)
+    assert "is not an object" in reasons["flat"]
+    assert reasons["nested"].startswith("an update for round {")
+    assert answer["model"] is not None
+    assert answer["metrics"]["accepted"] == 3
+
+
+def test_a_flow_round_lists_a_lying_clients_rejection_and_goes_on(
+    fed: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.federated.flow import LocalClients
+
+    real = LocalClients.run_round
+
+    def lying(self: LocalClients, rnd: int, model: str, params: dict[str, Any]) -> Any:
+        got = real(self, rnd, model, params)
+        liar = got.answers.get("client-0")
+        if liar is not None:
+            liar["num_examples"] = "lots"
+            liar["metrics"] = {"loss": [1, 2], "accuracy": "high"}
+            liar["evaluation"] = {"examples": "many", "accuracy": float("nan")}
+        return got
+
+    monkeypatch.setattr(LocalClients, "run_round", lying)
+    out = federated_train(dataset=fed.dataset, clients=3, partition="iid", rounds=2, model="mlp",
+                          model_kwargs=MODEL_KWARGS, min_clients=2)  # fmt: skip
+    for row in out["history"]:
+        assert row["rejections"] == [["client-0", "num_examples 'lots' is not an integer"]]
+        assert row["clients"] == 3
+    assert out["history"][-1]["client_accuracy"].keys() == {"client-1", "client-2"}

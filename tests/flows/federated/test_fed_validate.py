@@ -287,3 +287,19 @@ def test_outlier_screen_by_norm_rejects_an_update_far_longer_than_the_median() -
     for bad in (0.5, math.nan, True, "10"):
         with pytest.raises(AggregationError, match="max_norm_ratio"):
             outlier_screen(GLOBAL, results, max_norm_ratio=bad)  # type: ignore[arg-type]
+
+
+def test_screen_clamps_each_count_to_ten_medians_and_checks_the_ratio() -> None:
+    from flows.federated.validate import DEFAULT_MAX_WEIGHT_RATIO
+
+    assert DEFAULT_MAX_WEIGHT_RATIO == 10
+    results = [(f"c{k}", good(), n) for k, n in enumerate([10, 20, 30, 10**6])]
+    accepted, rejected = screen(GLOBAL, results, norm_bound=math.inf, max_examples=10**7)
+    assert rejected == []
+    assert [u.num_examples for u in accepted] == [10, 20, 30, 250]  # median 25
+    wide, _ = screen(GLOBAL, results, norm_bound=math.inf, max_examples=10**7,
+                     max_weight_ratio=math.inf)  # fmt: skip
+    assert [u.num_examples for u in wide] == [10, 20, 30, 10**6]
+    for bad in (0.5, True, "10", math.nan):
+        with pytest.raises(AggregationError, match="max_weight_ratio must be a number >= 1"):
+            screen(GLOBAL, results, norm_bound=1.0, max_examples=10, max_weight_ratio=bad)
