@@ -25,7 +25,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +251,7 @@ class Coordinator:
     node_ids: dict[str, str]
     registry: str | None = None
     home: str = ""
+    _registered: set[str] = field(default_factory=set, compare=False, repr=False)
 
     @classmethod
     def for_home(cls, home: str | os.PathLike[str]) -> Coordinator:
@@ -275,7 +276,7 @@ class Coordinator:
         expected = self.node_ids.get(node)
         if expected is None:
             raise RemoteRunError(f"no node {node!r} in this cluster")
-        if self.registry is not None:
+        if self.registry is not None and node not in self._registered:
             from registry.local import open_target
 
             found = [n for n in open_target(self.registry, self.home).nodes()
@@ -284,6 +285,7 @@ class Coordinator:
                 raise RemoteRunError(
                     f"{node}: no announcement signed by its key {expected} in the registry"
                 )
+            self._registered.add(node)  # once per node and coordinator (a run, a command)
         return expected
 
     def request(self, flow: str, node: str, parameters: dict[str, Any]) -> dict[str, Any]:
