@@ -22,8 +22,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) postgres bubblewrap
-	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+# Google's dp-accounting, to cross-check our DP accountant (tests/flows/federated/
+# test_fed_privacy.py). Its metadata pins attrs<24 while we pin attrs 26 (it runs with it), so
+# it lives aside in .venv/dp-accounting with its two other needs, never on the import path of
+# cidflow itself; the test adds it to its own path.
+DPACC := $(VENV)/dp-accounting/.installed
+$(DPACC): $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/dp-accounting \
+	  dp-accounting==0.6.0 absl-py==2.5.1 dm-tree==0.1.10
+	touch $@
+
+pytest: $(STAMP) postgres bubblewrap $(DPACC)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 # The registry suite also runs against PostgreSQL (tests/registry/conftest.py starts a
 # throwaway cluster with initdb/pg_ctl): install Debian's server when its binaries are missing.
