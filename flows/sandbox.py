@@ -305,7 +305,8 @@ def run_sandboxed(
     else:
         keep = [str(host) for host, inside in _python_paths() if host == inside]
         cover = _closed_ancestors(keep)
-        keep = [k for k in keep if any(Path(k).is_relative_to(c) for c in cover)]
+        covered = [*cover, *map(Path, _COVERED_TMP)]  # what the script mounts over
+        keep = [k for k in keep if any(Path(k).is_relative_to(c) for c in covered)]
         script_args = [str(limits.tmp_bytes), str(job), *keep, "--", *map(str, cover), "--",
                        *(str(h) for h in hidden)]  # fmt: skip
         cmd = [s.unshare, *_unshare_namespaces(), "--", "/bin/sh", "-c", _UNSHARE_SCRIPT, "sh",
@@ -474,11 +475,16 @@ def _bwrap_mounts(job: Path, hidden: list[Path], limits: SandboxLimits) -> list[
     return args
 
 
+#: Folders the unshare backend covers with a tmpfs; interpreter folders inside them (a venv in a
+#: clone under /tmp, say) are bound back on top.
+_COVERED_TMP: Final = ("/tmp", "/dev/shm", "/var/tmp", "/run/lock", "/dev/mqueue")
+
 # Runs as root in the new mount namespace (unshare backend). Arguments: tmp size, job folder,
 # the interpreter folders to keep, "--", the closed folders above them to cover (/root), "--",
 # the hidden paths, "--", the launcher. The private /tmp is built on /dev/shm first (the job
 # folder bound in while its real path is still visible) and moved onto /tmp; the kept folders
-# are parked in it while their closed parents are covered by an open tmpfs, then bound back.
+# are parked in it while their closed parents and the temporary folders are covered by an
+# open tmpfs, then bound back (last, so that a venv under /tmp stays visible).
 _UNSHARE_SCRIPT: Final = r"""
 set -eu
 tmp_bytes=$1; job=$2; shift 2
@@ -493,15 +499,15 @@ done
 shift
 while [ "$1" != "--" ]; do mount -t tmpfs -o size=65536,mode=0755 tmpfs "$1"; shift; done
 shift
-n=0
-for k in $kept; do
-  n=$((n+1)); mkdir -p "$k"; mount --bind "/dev/shm/.keep/$n" "$k"; umount "/dev/shm/.keep/$n"
-done
-rm -rf /dev/shm/.keep
 mount --move /dev/shm /tmp
 for d in /dev/shm /var/tmp /run/lock /dev/mqueue; do
   if [ -d "$d" ] && [ ! -L "$d" ]; then mount -t tmpfs -o size=65536,mode=0755 tmpfs "$d"; fi
 done
+n=0
+for k in $kept; do
+  n=$((n+1)); mkdir -p "$k"; mount --bind "/tmp/.keep/$n" "$k"; umount "/tmp/.keep/$n"
+done
+rm -rf /tmp/.keep
 while [ "$1" != "--" ]; do
   if [ -d "$1" ]; then mount -t tmpfs -o size=65536,mode=0755,nosuid,nodev tmpfs "$1"; fi
   shift
