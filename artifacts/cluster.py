@@ -150,12 +150,18 @@ class ClusterStorage:
 
         signer = KeyFileSigner(self.key_file) if self.key_file is not None else None
         replicas = [
-            Replica(node.name, HTTPBlobStore(
-                node.url, token=node.token(), signer=signer, timeout=timeout,
-                read_only=read_only,
-            ))
+            Replica(
+                node.name,
+                HTTPBlobStore(
+                    node.url,
+                    token=node.token(),
+                    signer=signer,
+                    timeout=timeout,
+                    read_only=read_only,
+                ),
+            )
             for node in self.nodes
-        ]  # fmt: skip
+        ]
         return ReplicatedBlobStore(replicas, r=self.replication, read_only=read_only)
 
 

@@ -250,9 +250,20 @@ def simulation(
     def central_run(epochs: int) -> dict[str, Any]:
         h = home()
         tr = timed(
-            cli(h, "train --dataset demo/digits --model mlp", "--epochs", str(epochs), "--lr",
-                str(LR), "--batch-size", str(BATCH), "--seed", str(args.seed), "--json")
-        )  # fmt: skip
+            cli(
+                h,
+                "train --dataset demo/digits --model mlp",
+                "--epochs",
+                str(epochs),
+                "--lr",
+                str(LR),
+                "--batch-size",
+                str(BATCH),
+                "--seed",
+                str(args.seed),
+                "--json",
+            )
+        )
         model = last_json(tr["stdout"])["model"]
         ev = timed(cli(h, "evaluate --dataset demo/digits --json --model", model))
         acc = float(last_json(ev["stdout"])["metrics"]["accuracy"])
@@ -359,8 +370,19 @@ def cluster(
     runs: list[dict[str, Any]] = []
     seed = args.seed
     try:
-        up = timed([CIDFLOW, "cluster", "up", "--nodes", str(CLUSTER_NODES), "--home", str(home),
-                    *private, "--json"])  # fmt: skip
+        up = timed(
+            [
+                CIDFLOW,
+                "cluster",
+                "up",
+                "--nodes",
+                str(CLUSTER_NODES),
+                "--home",
+                str(home),
+                *private,
+                "--json",
+            ]
+        )
         log(f"  cluster up: {up['seconds']:.1f}s")
         run(cli(home, "key new"), env=ENV)
         pub = last_json(run(cli(home, PUBLISH), env=ENV)["stdout"])
@@ -371,9 +393,18 @@ def cluster(
             nonlocal seed
             seed += 1  # a new seed: nothing of an earlier run is in the cache
             r = timed(
-                cli(home, "federated --dataset demo/digits", *clients, "--rounds", str(rounds),
-                    "--seed", str(seed), "-v", "--json")
-            )  # fmt: skip
+                cli(
+                    home,
+                    "federated --dataset demo/digits",
+                    *clients,
+                    "--rounds",
+                    str(rounds),
+                    "--seed",
+                    str(seed),
+                    "-v",
+                    "--json",
+                )
+            )
             out = last_json(r["stdout"])
             return {
                 "seconds": r["seconds"],

@@ -23,9 +23,15 @@ from flows.run_requests import NonceStore, sign_request, verify_request
 from registry.identity import Identity
 
 PARAMS = {
-    "dataset": "private:secret", "model": "mlp", "epochs": 10, "seed": 0, "batch_size": 64,
-    "lr": 0.001, "model_kwargs": {"hidden": [128]}, "note": "chose",
-}  # fmt: skip
+    "dataset": "private:secret",
+    "model": "mlp",
+    "epochs": 10,
+    "seed": 0,
+    "batch_size": 64,
+    "lr": 0.001,
+    "model_kwargs": {"hidden": [128]},
+    "note": "chose",
+}
 
 
 def main() -> None:
@@ -41,9 +47,14 @@ def main() -> None:
             t0 = time.perf_counter()
             request = sign_request(coordinator, flow="train", node_id=node.id, parameters=PARAMS)
             t1 = time.perf_counter()
-            verify_request(request, flow="train", node_id=node.id,
-                           parameters={**PARAMS, "request": request}, allowed=allowed,
-                           nonces=nonces)  # fmt: skip
+            verify_request(
+                request,
+                flow="train",
+                node_id=node.id,
+                parameters={**PARAMS, "request": request},
+                allowed=allowed,
+                nonces=nonces,
+            )
             t2 = time.perf_counter()
             sign_s.append(t1 - t0)
             check_s.append(t2 - t1)
@@ -56,21 +67,33 @@ def main() -> None:
         for _ in range(args.runs):
             request = sign_request(coordinator, flow="train", node_id=node.id, parameters=PARAMS)
             t0 = time.perf_counter()
-            verify_request(request, flow="train", node_id=node.id,
-                           parameters={**PARAMS, "request": request}, allowed=allowed,
-                           nonces=bare)  # fmt: skip
+            verify_request(
+                request,
+                flow="train",
+                node_id=node.id,
+                parameters={**PARAMS, "request": request},
+                allowed=allowed,
+                nonces=bare,
+            )
             bare_s.append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) * 1000 for k, v in
-           (("sign", sign_s), ("check", check_s), ("check_without_nonce", bare_s))}  # fmt: skip
+    med = {
+        k: statistics.median(v) * 1000
+        for k, v in (("sign", sign_s), ("check", check_s), ("check_without_nonce", bare_s))
+    }
     log("  " + "  ".join(f"{k} {v:.3f} ms" for k, v in med.items()))
-    write_result("bench_run_request", {
-        "what": "sign a run request (coordinator); check it on the node (signature, allow-list, "
-                "parameters, expiry, nonce in SQLite)",
-        "runs": args.runs,
-        "median_ms": med,
-        "p99_ms": {k: sorted(v)[int(0.99 * len(v))] * 1000 for k, v in
-                   (("sign", sign_s), ("check", check_s), ("check_without_nonce", bare_s))},
-    })  # fmt: skip
+    write_result(
+        "bench_run_request",
+        {
+            "what": "sign a run request (coordinator); check it on the node (signature, "
+            "allow-list, parameters, expiry, nonce in SQLite)",
+            "runs": args.runs,
+            "median_ms": med,
+            "p99_ms": {
+                k: sorted(v)[int(0.99 * len(v))] * 1000
+                for k, v in (("sign", sign_s), ("check", check_s), ("check_without_nonce", bare_s))
+            },
+        },
+    )
 
 
 if __name__ == "__main__":

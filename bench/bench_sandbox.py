@@ -46,9 +46,20 @@ def _job_dir(parent: Path, op: str) -> Path:
     np.save(job / "in" / "x.npy", rng.standard_normal((2000, 64), dtype=np.float32))
     np.save(job / "in" / "y.npy", rng.integers(0, 10, 2000))
     inputs = {"x": "in/x.npy"} if op == "predict" else {"x": "in/x.npy", "y": "in/y.npy"}
-    doc = {"op": op, "code": "code", "module": "net", "factory": "build", "input_shape": [64],
-           "n_classes": 10, "seed": 0, "epochs": 2, "batch_size": 64, "lr": 0.001,
-           "inputs": inputs, "state": None}  # fmt: skip
+    doc = {
+        "op": op,
+        "code": "code",
+        "module": "net",
+        "factory": "build",
+        "input_shape": [64],
+        "n_classes": 10,
+        "seed": 0,
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.001,
+        "inputs": inputs,
+        "state": None,
+    }
     (job / "job.json").write_text(json.dumps(doc))
     return job
 
@@ -63,8 +74,9 @@ def _plain(job: Path, op: str) -> float:
     from flows.sandbox import sandbox_env
 
     t0 = time.perf_counter()
-    proc = subprocess.run(_argv(op, str(job)), cwd=job, env=sandbox_env(), capture_output=True,
-                          text=True)  # fmt: skip
+    proc = subprocess.run(
+        _argv(op, str(job)), cwd=job, env=sandbox_env(), capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"plain worker failed: {proc.stderr[-2000:]}")

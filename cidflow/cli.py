@@ -342,10 +342,18 @@ def gc(ctx: click.Context, dry_run: bool, grace: float | None, as_json: bool) ->
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Blobs, bytes and the deduplication ratio of this home."""
     s = _store(ctx, read_only=True).stats() if _exists(ctx) else None
-    data = s.as_json() if s else {
-        "artifacts": 0, "pinned": 0, "blobs": 0, "stored_bytes": 0,
-        "logical_bytes": 0, "dedup_ratio": 1.0,
-    }  # fmt: skip
+    data = (
+        s.as_json()
+        if s
+        else {
+            "artifacts": 0,
+            "pinned": 0,
+            "blobs": 0,
+            "stored_bytes": 0,
+            "logical_bytes": 0,
+            "dedup_ratio": 1.0,
+        }
+    )
     if as_json:
         _emit_json(data)
         return

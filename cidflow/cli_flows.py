@@ -112,10 +112,13 @@ def _kwargs(items: tuple[str, ...], flag: str = "--model-kwarg") -> dict[str, An
 
 
 trust_code_option = click.option(
-    "--trust-code", "trust_items", multiple=True, metavar="CID_OR_MODULE:FACTORY",
+    "--trust-code",
+    "trust_items",
+    multiple=True,
+    metavar="CID_OR_MODULE:FACTORY",
     help="Trust this code artifact (CID) or local module:factory to build the model, for this "
     "run (repeatable; see cidflow code trust for a lasting allow-list).",
-)  # fmt: skip
+)
 
 
 def _trust(ctx: click.Context, items: tuple[str, ...], *named: str) -> Any:
@@ -193,9 +196,13 @@ def _run_flow(
         from node_agent.coordinator import run_on_cluster
 
         return run_on_cluster(
-            _store(ctx), cluster, task, params, node=ctx.obj.get("node"),
+            _store(ctx),
+            cluster,
+            task,
+            params,
+            node=ctx.obj.get("node"),
             needs_gpu=bool(ctx.obj.get("needs_gpu")),
-        )  # fmt: skip
+        )
     if ctx.obj.get("node") or ctx.obj.get("needs_gpu"):
         raise click.UsageError("--node and --gpu need a home on a cluster (cidflow cluster up)")
     _flow_env(ctx, verbose)
@@ -204,9 +211,13 @@ def _run_flow(
     results = prefect_results_dir()
     if results is not None:
         found = lookup_cached(
-            f"flows.pipelines:{task}", params, home=_home(ctx), results=results,
-            extra_modules=[*MODEL_CODE_MODULES, *(extra_modules or [])], drop_stale=True,
-        )  # fmt: skip
+            f"flows.pipelines:{task}",
+            params,
+            home=_home(ctx),
+            results=results,
+            extra_modules=[*MODEL_CODE_MODULES, *(extra_modules or [])],
+            drop_stale=True,
+        )
         if found is not None:
             return {**found, "cached": True}
     from flows import pipelines
@@ -237,13 +248,20 @@ def _node_option(fn: Any) -> Any:
         ctx.ensure_object(dict)[str(param.name)] = value
 
     fn = click.option(
-        "--gpu", "needs_gpu", is_flag=True, expose_value=False, callback=remember,
+        "--gpu",
+        "needs_gpu",
+        is_flag=True,
+        expose_value=False,
+        callback=remember,
         help="On a cluster: run on a node with a GPU.",
-    )(fn)  # fmt: skip
+    )(fn)
     return click.option(
-        "--node", metavar="NAME", expose_value=False, callback=remember,
+        "--node",
+        metavar="NAME",
+        expose_value=False,
+        callback=remember,
         help="On a cluster: the node to run on (needed for private:NAME datasets).",
-    )(fn)  # fmt: skip
+    )(fn)
 
 
 def _report(result: dict[str, Any], as_json: bool, lines: list[str]) -> None:
@@ -263,12 +281,17 @@ verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show Prefec
 @cli.command()
 @click.option("--dataset", required=True, metavar="REF_OR_CID", help="Dataset to train on.")
 @click.option(
-    "--model", default="mlp", show_default=True,
+    "--model",
+    default="mlp",
+    show_default=True,
     help="logreg, mlp, cnn or module:factory (a local module, or one in --code).",
-)  # fmt: skip
-@click.option("--code", metavar="CODE_CID",
-              help="A code artifact (cidflow code add) holding --model's module; naming it "
-              "trusts it for this run.")  # fmt: skip
+)
+@click.option(
+    "--code",
+    metavar="CODE_CID",
+    help="A code artifact (cidflow code add) holding --model's module; naming it "
+    "trusts it for this run.",
+)
 @trust_code_option
 @click.option("--epochs", type=click.IntRange(1, 10000), default=10, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -302,9 +325,16 @@ def train(
     on_nodes = _cluster(ctx) is not None
     ref, trust, modules = _model_to_train(ctx, model, code, trust_items, on_nodes=on_nodes)
     cid, _ = _resolve(ctx, dataset, target)
-    params = {"dataset": cid, "model": model, "epochs": epochs, "seed": seed,
-              "batch_size": batch_size, "lr": lr, "model_kwargs": kwargs or None,
-              "code": ref.code}  # fmt: skip
+    params = {
+        "dataset": cid,
+        "model": model,
+        "epochs": epochs,
+        "seed": seed,
+        "batch_size": batch_size,
+        "lr": lr,
+        "model_kwargs": kwargs or None,
+        "code": ref.code,
+    }
     # a local model's module is part of the key (flows.code.model_modules, without torch)
     result = _run_flow(ctx, "train", params, verbose, modules, trust)
     m = result["metrics"]
@@ -341,8 +371,10 @@ def evaluate(
     params = {"model": model_cid, "dataset": data_cid, "code": ref.code}
     result = _run_flow(ctx, "evaluate", params, verbose, model_modules(ref), trust)
     m = result["metrics"]
-    lines = [f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}",
-             f"metrics artifact (confusion matrix): {result['metrics_artifact']}"]  # fmt: skip
+    lines = [
+        f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}",
+        f"metrics artifact (confusion matrix): {result['metrics_artifact']}",
+    ]
     _report(result, as_json, lines)
 
 
@@ -374,8 +406,13 @@ def infer(
     model_cid, _ = _resolve(ctx, model, target)
     ref, trust = _loaded_model(ctx, model_cid, trust_items)
     data_cid, _ = _resolve(ctx, dataset, target)
-    params = {"model": model_cid, "dataset": data_cid, "split": split, "batch_size": batch_size,
-              "code": ref.code}  # fmt: skip
+    params = {
+        "model": model_cid,
+        "dataset": data_cid,
+        "split": split,
+        "batch_size": batch_size,
+        "code": ref.code,
+    }
     result = _run_flow(ctx, "infer", params, verbose, model_modules(ref), trust)
     _report(result, as_json, [f"predictions: {result['predictions']} ({result['rows']} rows)"])
 
@@ -383,81 +420,184 @@ def infer(
 @cli.command()
 @click.option("--dataset", required=True, metavar="REF_OR_CID", help="Dataset (train/test).")
 @click.option("--clients", type=click.IntRange(1, 1000), default=5, show_default=True)
-@click.option("--partition", default="dirichlet:0.5", show_default=True,
-              help="iid or dirichlet:ALPHA (non-IID).")  # fmt: skip
+@click.option(
+    "--partition",
+    default="dirichlet:0.5",
+    show_default=True,
+    help="iid or dirichlet:ALPHA (non-IID).",
+)
 @click.option("--rounds", type=click.IntRange(1, 10000), default=20, show_default=True)
-@click.option("--strategy", default="fedavg", show_default=True,
-              help="fedavg, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, fedtrimmedavg, "
-              "krum, multikrum.")  # fmt: skip
-@click.option("--strategy-arg", "strategy_args", multiple=True, metavar="KEY=VALUE",
-              help="e.g. proximal_mu=0.1, beta=0.2, num_malicious=1")  # fmt: skip
-@click.option("--model", default="mlp", show_default=True,
-              help="logreg, mlp, cnn or module:factory (local, or in --code).")  # fmt: skip
-@click.option("--code", metavar="CODE_CID",
-              help="A code artifact holding --model's module; naming it trusts it for this "
-              "run.")  # fmt: skip
+@click.option(
+    "--strategy",
+    default="fedavg",
+    show_default=True,
+    help="fedavg, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, fedtrimmedavg, "
+    "krum, multikrum.",
+)
+@click.option(
+    "--strategy-arg",
+    "strategy_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="e.g. proximal_mu=0.1, beta=0.2, num_malicious=1",
+)
+@click.option(
+    "--model",
+    default="mlp",
+    show_default=True,
+    help="logreg, mlp, cnn or module:factory (local, or in --code).",
+)
+@click.option(
+    "--code",
+    metavar="CODE_CID",
+    help="A code artifact holding --model's module; naming it trusts it for this run.",
+)
 @trust_code_option
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True,
-              help="Local epochs per round.")  # fmt: skip
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-3,
-              show_default=True)  # fmt: skip
-@click.option("--byzantine", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Simulation: clients that send --attack, not honest updates.")  # fmt: skip
-@click.option("--attack", default="scale:1000", show_default=True,
-              help="What Byzantine clients send: scale:K, signflip or silent (KIND@R: from "
-              "round R on).")  # fmt: skip
-@click.option("--dp-epsilon", type=click.FloatRange(min=0, min_open=True),
-              help="Differential privacy: the epsilon to spend (see --dp-level).")  # fmt: skip
-@click.option("--dp-delta", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=1e-5, show_default=True)  # fmt: skip
-@click.option("--dp-clip", type=click.FloatRange(min=0, min_open=True), default=1.0,
-              show_default=True,
-              help="L2 bound on each client's update (client level) or each example's "
-              "gradient (example level).")  # fmt: skip
-@click.option("--dp-level", type=click.Choice(["client", "example"]), default="client",
-              show_default=True,
-              help="client: noise on the sum of updates, protects whole clients (fedavg); "
-              "example: DP-SGD on every client, protects each example (any strategy).")  # fmt: skip
-@click.option("--client", "node_clients", multiple=True, metavar="NODE[=DATASET]",
-              help="Cluster mode: a node agent as a client, training on DATASET there "
-              "(default private:federated). Repeat for each node; replaces --clients/"
-              "--partition.")  # fmt: skip
-@click.option("--round-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
-              show_default=True, help="Seconds a round waits for its clients.")  # fmt: skip
-@click.option("--min-clients", type=click.IntRange(min=1),
-              help="Answers (and accepted updates) a round needs "
-              "[default: a majority].")  # fmt: skip
-@click.option("--secure", is_flag=True,
-              help="Secure aggregation (fedavg): the coordinator sees only the sum of "
-              "updates.")  # fmt: skip
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-              show_default=True, help="Simulation: chance a client's answer is lost.")  # fmt: skip
-@click.option("--min-cosine", type=click.FloatRange(-1, 1),
-              help="Reject updates whose cosine with the round's coordinate-wise median update "
-              "is below this (0 catches sign-flipped updates) [default: off].")  # fmt: skip
-@click.option("--max-norm-ratio", type=click.FloatRange(min=1), metavar="R",
-              help="Reject updates more than R times as long as the round's median update "
-              "(10 catches scaled updates) [default: off].")  # fmt: skip
-@click.option("--exclude-after", type=click.IntRange(min=1), metavar="K",
-              help="Leave a client out of later rounds once K of its updates were rejected "
-              "(a client that keeps attacking) [default: never].")  # fmt: skip
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
-              help="Save the accuracy curves as a PNG.")  # fmt: skip
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Local epochs per round.",
+)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-3, show_default=True)
+@click.option(
+    "--byzantine",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Simulation: clients that send --attack, not honest updates.",
+)
+@click.option(
+    "--attack",
+    default="scale:1000",
+    show_default=True,
+    help="What Byzantine clients send: scale:K, signflip or silent (KIND@R: from round R on).",
+)
+@click.option(
+    "--dp-epsilon",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Differential privacy: the epsilon to spend (see --dp-level).",
+)
+@click.option(
+    "--dp-delta",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=1e-5,
+    show_default=True,
+)
+@click.option(
+    "--dp-clip",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="L2 bound on each client's update (client level) or each example's "
+    "gradient (example level).",
+)
+@click.option(
+    "--dp-level",
+    type=click.Choice(["client", "example"]),
+    default="client",
+    show_default=True,
+    help="client: noise on the sum of updates, protects whole clients (fedavg); "
+    "example: DP-SGD on every client, protects each example (any strategy).",
+)
+@click.option(
+    "--client",
+    "node_clients",
+    multiple=True,
+    metavar="NODE[=DATASET]",
+    help="Cluster mode: a node agent as a client, training on DATASET there "
+    "(default private:federated). Repeat for each node; replaces --clients/"
+    "--partition.",
+)
+@click.option(
+    "--round-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds a round waits for its clients.",
+)
+@click.option(
+    "--min-clients",
+    type=click.IntRange(min=1),
+    help="Answers (and accepted updates) a round needs [default: a majority].",
+)
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Secure aggregation (fedavg): the coordinator sees only the sum of updates.",
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Simulation: chance a client's answer is lost.",
+)
+@click.option(
+    "--min-cosine",
+    type=click.FloatRange(-1, 1),
+    help="Reject updates whose cosine with the round's coordinate-wise median update "
+    "is below this (0 catches sign-flipped updates) [default: off].",
+)
+@click.option(
+    "--max-norm-ratio",
+    type=click.FloatRange(min=1),
+    metavar="R",
+    help="Reject updates more than R times as long as the round's median update "
+    "(10 catches scaled updates) [default: off].",
+)
+@click.option(
+    "--exclude-after",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="Leave a client out of later rounds once K of its updates were rejected "
+    "(a client that keeps attacking) [default: never].",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE.png",
+    help="Save the accuracy curves as a PNG.",
+)
 @registry_option
 @verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def federated(
-    ctx: click.Context, dataset: str, clients: int, partition: str, rounds: int, strategy: str,
-    strategy_args: tuple[str, ...], model: str, code: str | None,
-    trust_items: tuple[str, ...], seed: int, epochs: int, lr: float,
-    byzantine: int, attack: str, dp_epsilon: float | None, dp_delta: float, dp_clip: float,
-    dp_level: str, node_clients: tuple[str, ...], round_timeout: float,
-    min_clients: int | None, secure: bool, dropout: float, min_cosine: float | None,
-    max_norm_ratio: float | None, exclude_after: int | None, plot: Path | None,
-    target: str | None, verbose: bool, as_json: bool,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    dataset: str,
+    clients: int,
+    partition: str,
+    rounds: int,
+    strategy: str,
+    strategy_args: tuple[str, ...],
+    model: str,
+    code: str | None,
+    trust_items: tuple[str, ...],
+    seed: int,
+    epochs: int,
+    lr: float,
+    byzantine: int,
+    attack: str,
+    dp_epsilon: float | None,
+    dp_delta: float,
+    dp_clip: float,
+    dp_level: str,
+    node_clients: tuple[str, ...],
+    round_timeout: float,
+    min_clients: int | None,
+    secure: bool,
+    dropout: float,
+    min_cosine: float | None,
+    max_norm_ratio: float | None,
+    exclude_after: int | None,
+    plot: Path | None,
+    target: str | None,
+    verbose: bool,
+    as_json: bool,
+) -> None:
     """Federated training: clients train where their data is, only updates travel (as
     artifacts), the strategy aggregates; a history of accuracy per round.
 
@@ -473,9 +613,14 @@ def federated(
     from flows.federated.validate import option_conflict
 
     conflict = option_conflict(
-        strategy, dp_epsilon=dp_epsilon, dp_level=dp_level, secure=secure, min_cosine=min_cosine,
-        max_norm_ratio=max_norm_ratio, spell=lambda name: "--" + name.replace("_", "-"),
-    )  # fmt: skip
+        strategy,
+        dp_epsilon=dp_epsilon,
+        dp_level=dp_level,
+        secure=secure,
+        min_cosine=min_cosine,
+        max_norm_ratio=max_norm_ratio,
+        spell=lambda name: "--" + name.replace("_", "-"),
+    )
     if conflict is not None:
         raise click.BadParameter(conflict)
     if byzantine > clients:
@@ -497,15 +642,33 @@ def federated(
 
     with trusting(trust):
         result: dict[str, Any] = federated_train(
-            dataset=cid, clients=clients, partition=partition, rounds=rounds,
-            strategy=strategy, model=model, code=ref.code, seed=seed, epochs=epochs, lr=lr,
-            strategy_args=strategy_kwargs or None, byzantine=byzantine, attack=attack,
-            dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, dp_level=dp_level,
+            dataset=cid,
+            clients=clients,
+            partition=partition,
+            rounds=rounds,
+            strategy=strategy,
+            model=model,
+            code=ref.code,
+            seed=seed,
+            epochs=epochs,
+            lr=lr,
+            strategy_args=strategy_kwargs or None,
+            byzantine=byzantine,
+            attack=attack,
+            dp_epsilon=dp_epsilon,
+            dp_delta=dp_delta,
+            dp_clip=dp_clip,
+            dp_level=dp_level,
             nodes=nodes,
-            api_url=cluster["prefect_api"] if cluster else None, round_timeout=round_timeout,
-            min_clients=min_clients, secure=secure, dropout=dropout, min_cosine=min_cosine,
-            max_norm_ratio=max_norm_ratio, exclude_after=exclude_after,
-        )  # fmt: skip
+            api_url=cluster["prefect_api"] if cluster else None,
+            round_timeout=round_timeout,
+            min_clients=min_clients,
+            secure=secure,
+            dropout=dropout,
+            min_cosine=min_cosine,
+            max_norm_ratio=max_norm_ratio,
+            exclude_after=exclude_after,
+        )
     if plot is not None:
         from flows.federated.report import plot_history
 
@@ -550,24 +713,43 @@ def _print_history(result: dict[str, Any]) -> None:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    table = Table("round", "accuracy", "federated", "worst client", "loss", "clients",
-                  "rejected", title="federated training")  # fmt: skip
+    table = Table(
+        "round",
+        "accuracy",
+        "federated",
+        "worst client",
+        "loss",
+        "clients",
+        "rejected",
+        title="federated training",
+    )
     for row in result["history"]:
         own = list((row.get("client_accuracy") or {}).values())
-        table.add_row(str(row["round"]), pct(row["accuracy"]), pct(row.get("federated_accuracy")),
-                      pct(min(own) if own else None), f"{row['loss']:.4f}",
-                      str(row.get("clients", "")), str(row["rejected"]))  # fmt: skip
+        table.add_row(
+            str(row["round"]),
+            pct(row["accuracy"]),
+            pct(row.get("federated_accuracy")),
+            pct(min(own) if own else None),
+            f"{row['loss']:.4f}",
+            str(row.get("clients", "")),
+            str(row["rejected"]),
+        )
     Console().print(table)
     click.echo(f"model: {result['model']}  final accuracy {result['accuracy']:.4f}")
     if result["history"][-1].get("excluded"):
         click.echo(f"excluded: {', '.join(result['history'][-1]['excluded'])}")
     privacy = result.get("privacy")
     if privacy:
-        what = ("each client's examples (DP-SGD on the clients)" if privacy["level"] == "example"
-                else "each whole client (noise on the sum of updates)")  # fmt: skip
+        what = (
+            "each client's examples (DP-SGD on the clients)"
+            if privacy["level"] == "example"
+            else "each whole client (noise on the sum of updates)"
+        )
         eps = privacy["epsilon"]  # None: no client reported a valid DP-SGD spend
         spent = f"{eps:.3g}" if eps is not None else "unknown"
-        click.echo(f"privacy: epsilon {spent} at delta {privacy['delta']:g} for {what}; "
-                   f"noise: {privacy.get('noise', 'unstated')}")  # fmt: skip
+        click.echo(
+            f"privacy: epsilon {spent} at delta {privacy['delta']:g} for {what}; "
+            f"noise: {privacy.get('noise', 'unstated')}"
+        )
     if result.get("plot"):
         click.echo(f"plot: {result['plot']}")

@@ -81,12 +81,22 @@ def node_group() -> None:
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8470).")
 @click.option("--capacity", help="Most bytes of blobs to hold (e.g. 20GiB; default: no cap).")
 @click.option("--max-blob", help="Largest single upload accepted (default 128MiB).")
-@click.option("--private", "private", multiple=True, metavar="NAME=PATH",
-              help="A private dataset: used by flows on this node only, never served.")  # fmt: skip
-@click.option("--policy", "policies", multiple=True, metavar="[NAME=]POLICY",
-              help="What may leave a private dataset: model (weights, aggregate metrics; the "
-              "default), aggregate (federated updates only) or rows (anything). POLICY alone "
-              "applies to every --private of this start.")  # fmt: skip
+@click.option(
+    "--private",
+    "private",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="A private dataset: used by flows on this node only, never served.",
+)
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    metavar="[NAME=]POLICY",
+    help="What may leave a private dataset: model (weights, aggregate metrics; the "
+    "default), aggregate (federated updates only) or rows (anything). POLICY alone "
+    "applies to every --private of this start.",
+)
 @click.option(
     "--registry",
     help="Registry to announce to (service URL or SQLite path; one "
@@ -105,23 +115,47 @@ def node_group() -> None:
     help="A peer's public key whose signed PUTs (replication) this node accepts.",
 )
 @click.option("--prefect-api", help="Prefect API URL: serve the node-side flows there.")
-@click.option("--prefect-auth-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="A 0600 file holding the Prefect API's USER:PASSWORD (or set "
-              "PREFECT_API_AUTH_STRING).")  # fmt: skip
-@click.option("--allow-coordinator", "coordinators", multiple=True, metavar="KEY",
-              help="A coordinator's public key whose signed run requests this node "
-              "accepts (repeat; none: the node runs no flows).")  # fmt: skip
-@click.option("--heartbeat", type=float, default=60.0, show_default=True,
-              help="Seconds between re-announcements.")  # fmt: skip
+@click.option(
+    "--prefect-auth-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A 0600 file holding the Prefect API's USER:PASSWORD (or set PREFECT_API_AUTH_STRING).",
+)
+@click.option(
+    "--allow-coordinator",
+    "coordinators",
+    multiple=True,
+    metavar="KEY",
+    help="A coordinator's public key whose signed run requests this node "
+    "accepts (repeat; none: the node runs no flows).",
+)
+@click.option(
+    "--heartbeat",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between re-announcements.",
+)
 @click.option("--marker", hidden=True, help="Set by 'cluster up' to recognise its processes.")
 @click.pass_context
 def node_start(
-    ctx: click.Context, name: str, node_home: str | None, host: str | None, port: int | None,
-    capacity: str | None, max_blob: str | None, private: tuple[str, ...],
-    policies: tuple[str, ...], registry: str | None, registry_file: str | None,
-    peers: tuple[str, ...], prefect_api: str | None, prefect_auth_file: Path | None,
-    coordinators: tuple[str, ...], heartbeat: float, marker: str | None,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    name: str,
+    node_home: str | None,
+    host: str | None,
+    port: int | None,
+    capacity: str | None,
+    max_blob: str | None,
+    private: tuple[str, ...],
+    policies: tuple[str, ...],
+    registry: str | None,
+    registry_file: str | None,
+    peers: tuple[str, ...],
+    prefect_api: str | None,
+    prefect_auth_file: Path | None,
+    coordinators: tuple[str, ...],
+    heartbeat: float,
+    marker: str | None,
+) -> None:
     """Serve blobs over HTTP, announce to the registry, run flows (until Ctrl-C / SIGTERM).
 
     The node's own token is the file HOME/token (created on first start, mode 0600): it alone
@@ -134,24 +168,33 @@ def node_start(
     settings = NodeSettings()
     home = Path(node_home).expanduser().absolute() if node_home else _home(ctx)
     options = NodeOptions(
-        name=name, home=home, host=host or settings.host, port=port or settings.port,
+        name=name,
+        home=home,
+        host=host or settings.host,
+        port=port or settings.port,
         capacity=parse_size(capacity) if capacity else settings.capacity,
         max_blob=parse_size(max_blob) if max_blob else settings.max_blob,
-        private=_private(private), policies=_policies(policies, private), prefect_api=prefect_api,
+        private=_private(private),
+        policies=_policies(policies, private),
+        prefect_api=prefect_api,
         registry=_registry(registry, registry_file, settings.registry),
-        heartbeat=heartbeat, allowed_hosts=tuple(settings.allowed_hosts), peers=peers,
+        heartbeat=heartbeat,
+        allowed_hosts=tuple(settings.allowed_hosts),
+        peers=peers,
         prefect_auth_file=prefect_auth_file.expanduser().absolute() if prefect_auth_file else None,
         allowed_coordinators=coordinators,
-    )  # fmt: skip
+    )
     agent = NodeAgent(options)
     click.echo(f"node {name} ({agent.identity.id}) serving {options.url}", err=True)
     agent.serve()
 
 
 node_home_option = click.option(
-    "--home", "node_home", type=click.Path(file_okay=False),
+    "--home",
+    "node_home",
+    type=click.Path(file_okay=False),
     help="The node's home (default: the global --home).",
-)  # fmt: skip
+)
 
 
 @node_group.command("allow")
@@ -183,9 +226,13 @@ def node_allow(
 @json_option
 @click.pass_context
 def node_approve(
-    ctx: click.Context, name: str, code_cid: str, node_home: str | None, revoke: bool,
+    ctx: click.Context,
+    name: str,
+    code_cid: str,
+    node_home: str | None,
+    revoke: bool,
     as_json: bool,
-) -> None:  # fmt: skip
+) -> None:
     """As the owner of private dataset NAME, approve a code artifact to run on it (or
     --revoke): user code needs this on top of the operator's 'node allow'."""
     from flows.private import approve_code
@@ -199,9 +246,11 @@ def node_approve(
 
 
 cluster_home_option = click.option(
-    "--home", "cluster_home", type=click.Path(file_okay=False),
+    "--home",
+    "cluster_home",
+    type=click.Path(file_okay=False),
     help="Cluster folder (default: the global --home).",
-)  # fmt: skip
+)
 
 
 def _cluster_home(ctx: click.Context, cluster_home: str | None) -> Path:
@@ -218,17 +267,32 @@ def cluster_group() -> None:
 @cluster_home_option
 @click.option("--replication", "-r", type=click.IntRange(1, 32), default=2, show_default=True)
 @click.option("--capacity", help="Per-node capacity (e.g. 2GiB).")
-@click.option("--private", "private", multiple=True, metavar="NODE:NAME=PATH",
-              help="A private dataset held by one node.")  # fmt: skip
-@click.option("--policy", "policies", multiple=True, metavar="NODE:NAME=POLICY",
-              help="A private dataset's output policy: model (default), aggregate or "
-              "rows.")  # fmt: skip
+@click.option(
+    "--private",
+    "private",
+    multiple=True,
+    metavar="NODE:NAME=PATH",
+    help="A private dataset held by one node.",
+)
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    metavar="NODE:NAME=POLICY",
+    help="A private dataset's output policy: model (default), aggregate or rows.",
+)
 @json_option
 @click.pass_context
 def cluster_up_cmd(
-    ctx: click.Context, nodes: int, cluster_home: str | None, replication: int,
-    capacity: str | None, private: tuple[str, ...], policies: tuple[str, ...], as_json: bool,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    nodes: int,
+    cluster_home: str | None,
+    replication: int,
+    capacity: str | None,
+    private: tuple[str, ...],
+    policies: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Start the cluster in the background; later commands with this home use it."""
     from node_agent.cluster import cluster_up
 
@@ -247,10 +311,13 @@ def cluster_up_cmd(
             raise click.BadParameter(f"--policy {item!r} is not NODE:NAME=POLICY")
         per_node_policy.setdefault(node, []).append(rest)
     out = cluster_up(
-        home, nodes, replication=replication,
-        capacity=parse_size(capacity) if capacity else None, private=per_node,
+        home,
+        nodes,
+        replication=replication,
+        capacity=parse_size(capacity) if capacity else None,
+        private=per_node,
         policies=per_node_policy,
-    )  # fmt: skip
+    )
     if as_json:
         _emit_json(out)
         return
@@ -313,11 +380,13 @@ def store_repair(ctx: click.Context, as_json: bool) -> None:
         raise click.UsageError("store repair needs a home on a cluster (cidflow cluster up)")
     report = blobs.repair()
     out: dict[str, object] = {
-        "checked": report.checked, "copied": report.copied,
+        "checked": report.checked,
+        "copied": report.copied,
         "missing": [str(c) for c in report.missing],
         "under_replicated": [str(c) for c in report.under_replicated],
-        "unreachable": sorted(report.unreachable), "ok": report.ok,
-    }  # fmt: skip
+        "unreachable": sorted(report.unreachable),
+        "ok": report.ok,
+    }
     if as_json:
         _emit_json(out)
     else:

@@ -210,8 +210,14 @@ else:
 # -- the fast path of a cached rerun -----------------------------------------------------------
 
 #: Environment variables through which Prefect could store results elsewhere, or ignore them.
-_PREFECT_OVERRIDES = ("PREFECT_RESULTS_", "PREFECT_TASKS_", "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
-                      "PREFECT_PROFILE", "PREFECT_PROFILES_PATH", "PREFECT_TEST_MODE")  # fmt: skip
+_PREFECT_OVERRIDES = (
+    "PREFECT_RESULTS_",
+    "PREFECT_TASKS_",
+    "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
+    "PREFECT_PROFILE",
+    "PREFECT_PROFILES_PATH",
+    "PREFECT_TEST_MODE",
+)
 _NO_FAST_PATH = "CIDFLOW_NO_FAST_PATH"
 
 
@@ -289,8 +295,10 @@ def _task_source(ref: str) -> _TaskSource | None:
                     name = str(kw.value.value)
     args = [*node.args.args, *node.args.kwonlyargs]
     defaults: dict[str, Any] = {}
-    pairs = [*zip(node.args.args[::-1], node.args.defaults[::-1], strict=False),
-             *zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True)]  # fmt: skip
+    pairs = [
+        *zip(node.args.args[::-1], node.args.defaults[::-1], strict=False),
+        *zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True),
+    ]
     for arg, default in pairs:
         if default is None:
             continue
@@ -420,8 +428,10 @@ def lookup_cached(
     found = _task_source(task)
     if found is None or not set(params) <= set(found.params):
         return None
-    inputs = {name: params[name] if name in params else found.defaults.get(name, _MISSING)
-              for name in found.params}  # fmt: skip
+    inputs = {
+        name: params[name] if name in params else found.defaults.get(name, _MISSING)
+        for name in found.params
+    }
     if any(v is _MISSING for v in inputs.values()):
         return None
     try:

@@ -358,8 +358,9 @@ def build_model(
     from flows.zoo import build_model as build
 
     factory = resolve_factory(make_ref(model, code), trust=trust, store=store)
-    return build(model, input_shape=input_shape, n_classes=n_classes, seed=seed,
-                 factory=factory, **kwargs)  # fmt: skip
+    return build(
+        model, input_shape=input_shape, n_classes=n_classes, seed=seed, factory=factory, **kwargs
+    )
 
 
 def load_model(store: ArtifactStore, model: str, *, trust: CodeTrust | None = None) -> nn.Module:
@@ -380,8 +381,16 @@ def load_model(store: ArtifactStore, model: str, *, trust: CodeTrust | None = No
         kwargs = dict(spec.get("model_kwargs") or {})
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelSpecError(f"model {model} has a malformed spec: {exc}") from None
-    net = build_model(ref.model, input_shape=shape, n_classes=n_classes, seed=seed,
-                      code=ref.code, trust=trust, store=store, **kwargs)  # fmt: skip
+    net = build_model(
+        ref.model,
+        input_shape=shape,
+        n_classes=n_classes,
+        seed=seed,
+        code=ref.code,
+        trust=trust,
+        store=store,
+        **kwargs,
+    )
     net.load_state_dict(art.to_state_dict())
     net.eval()
     return net

@@ -134,12 +134,24 @@ def _in_sandbox(
     module, factory = split_spec(ref.model)
     work = store.home / "tmp"
     work.mkdir(parents=True, exist_ok=True)
-    job = {"op": op, "module": module, "factory": factory,
-           "model_kwargs": dict(spec.get("model_kwargs") or {}),
-           "input_shape": list(spec["input_shape"]), "n_classes": int(spec["n_classes"]),
-           "seed": int(spec.get("seed", 0)), **job}  # fmt: skip
-    return run_model_job(job, arrays, code_dir=materialise(store, ref.code), work_dir=work,
-                         state=state, hide=[store.home])  # fmt: skip
+    job = {
+        "op": op,
+        "module": module,
+        "factory": factory,
+        "model_kwargs": dict(spec.get("model_kwargs") or {}),
+        "input_shape": list(spec["input_shape"]),
+        "n_classes": int(spec["n_classes"]),
+        "seed": int(spec.get("seed", 0)),
+        **job,
+    }
+    return run_model_job(
+        job,
+        arrays,
+        code_dir=materialise(store, ref.code),
+        work_dir=work,
+        state=state,
+        hide=[store.home],
+    )
 
 
 @cid_task(name="train", extra_modules=_model_modules)
@@ -179,29 +191,47 @@ def train(
         y_val = np.asarray(art.array(vy)[...], dtype=np.int64)
     n_classes = _n_classes(art, y)
     kwargs = dict(model_kwargs or {})
-    spec = {"model": model, "code": ref.code, "model_kwargs": kwargs,
-            "input_shape": list(x.shape[1:]), "n_classes": n_classes, "seed": seed,
-            "dataset": dataset}  # fmt: skip
+    spec = {
+        "model": model,
+        "code": ref.code,
+        "model_kwargs": kwargs,
+        "input_shape": list(x.shape[1:]),
+        "n_classes": n_classes,
+        "seed": seed,
+        "dataset": dataset,
+    }
     if _sandboxed(ref):
         inputs: dict[str, Any] = {"x": x, "y": y, "x_val": x_val, "y_val": y_val}
         inputs = {k: v for k, v in inputs.items() if v is not None}
-        done = _in_sandbox(store, ref, "train", spec, inputs, epochs=epochs,
-                           batch_size=batch_size, lr=lr)  # fmt: skip
+        done = _in_sandbox(
+            store, ref, "train", spec, inputs, epochs=epochs, batch_size=batch_size, lr=lr
+        )
         state_dict, metrics = done.state_dict, list(done.metrics)
     else:
         net = build_model(
-            model, input_shape=tuple(x.shape[1:]), n_classes=n_classes, seed=seed,
-            code=ref.code, trust=trust, store=store, **kwargs,
-        )  # fmt: skip
+            model,
+            input_shape=tuple(x.shape[1:]),
+            n_classes=n_classes,
+            seed=seed,
+            code=ref.code,
+            trust=trust,
+            store=store,
+            **kwargs,
+        )
         check_shapes(net, x[:1], n_classes)  # a misfit fails here, before any training
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
         def progress(m: dict[str, float]) -> None:
-            log.info("epoch %d/%d  %s", int(m["epoch"]), epochs,
-                     "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch"))  # fmt: skip
+            log.info(
+                "epoch %d/%d  %s",
+                int(m["epoch"]),
+                epochs,
+                "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch"),
+            )
 
-        result = train_model(net, x, y, config, x_val=x_val, y_val=y_val, progress=progress,
-                             n_classes=n_classes)  # fmt: skip
+        result = train_model(
+            net, x, y, config, x_val=x_val, y_val=y_val, progress=progress, n_classes=n_classes
+        )
         state_dict, metrics = result.state_dict, result.metrics
     cid = store.put_state_dict(
         state_dict, attrs={MODEL_ATTR: spec, "metrics": metrics}, source="train"
@@ -258,17 +288,28 @@ def evaluate(
     ref = _model_ref(store, model, code)
     if _sandboxed(ref):
         state = store.open_artifact(model).to_state_dict()
-        metrics = _in_sandbox(store, ref, "evaluate", _model_spec(store, model), {"x": x, "y": y},
-                              state, eval_batch_size=batch_size).metrics  # fmt: skip
+        metrics = _in_sandbox(
+            store,
+            ref,
+            "evaluate",
+            _model_spec(store, model),
+            {"x": x, "y": y},
+            state,
+            eval_batch_size=batch_size,
+        ).metrics
     else:
         metrics = evaluate_model(_load_model(store, model, code), x, y, batch_size=batch_size)
     confusion = np.asarray(metrics["confusion"], dtype=np.int64)
     cid = store.put_arrays(
         {"confusion": confusion},
-        attrs={"accuracy": metrics["accuracy"], "loss": metrics["loss"], "model": model,
-               "dataset": dataset},
+        attrs={
+            "accuracy": metrics["accuracy"],
+            "loss": metrics["loss"],
+            "model": model,
+            "dataset": dataset,
+        },
         source="evaluate",
-    )  # fmt: skip
+    )
     scalars = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
     return {"metrics": scalars, "metrics_artifact": str(cid)}
 
@@ -294,10 +335,15 @@ def infer(
     x = art.array(xname)
     ref = _model_ref(store, model, code)
     if _sandboxed(ref):  # the whole x goes into the sandbox's job folder
-        done = _in_sandbox(store, ref, "predict", _model_spec(store, model),
-                           {"x": np.asarray(x[...], dtype=np.float32)},
-                           store.open_artifact(model).to_state_dict(),
-                           eval_batch_size=batch_size)  # fmt: skip
+        done = _in_sandbox(
+            store,
+            ref,
+            "predict",
+            _model_spec(store, model),
+            {"x": np.asarray(x[...], dtype=np.float32)},
+            store.open_artifact(model).to_state_dict(),
+            eval_batch_size=batch_size,
+        )
         attrs = {"model": model, "dataset": dataset}
         cid = store.put_arrays({"predictions": done.predictions}, attrs=attrs, source="infer")
         return {"predictions": str(cid), "rows": int(x.shape[0])}

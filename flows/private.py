@@ -114,8 +114,10 @@ def load_private(home: str | os.PathLike[str]) -> dict[str, PrivateDataset]:
 def save_private(home: str | os.PathLike[str], datasets: dict[str, PrivateDataset]) -> None:
     """Write ``HOME/private.json`` atomically, mode 0600 from creation."""
     path = Path(home) / PRIVATE_FILE
-    doc = {name: {"cid": d.cid, "policy": d.policy, "code": sorted(set(d.code))}
-           for name, d in datasets.items()}  # fmt: skip
+    doc = {
+        name: {"cid": d.cid, "policy": d.policy, "code": sorted(set(d.code))}
+        for name, d in datasets.items()
+    }
     write_atomic(path, canonical_json(doc), mode=0o600)
 
 

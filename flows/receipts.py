@@ -39,8 +39,19 @@ __all__ = [
 ]
 
 RECEIPT_FORMAT: Final = "cidflow/receipt@1"
-_FIELDS = {"format", "task", "code", "parameters", "inputs", "outputs", "node", "key",
-           "environment", "started", "ended"}  # fmt: skip
+_FIELDS = {
+    "format",
+    "task",
+    "code",
+    "parameters",
+    "inputs",
+    "outputs",
+    "node",
+    "key",
+    "environment",
+    "started",
+    "ended",
+}
 
 
 #: The receipts this home wrote or accepted, one CID a line, in the order it did: lineage
@@ -142,11 +153,18 @@ def write_receipt(
     for text in [*inputs, *outputs]:
         as_cid(text)  # only real CIDs are recorded
     body = {
-        "format": RECEIPT_FORMAT, "task": task, "code": code, "parameters": parameters,
-        "inputs": sorted(set(inputs)), "outputs": sorted(set(outputs)), "node": identity.id,
-        "key": identity.public_key, "environment": environment(),
-        "started": _iso(started), "ended": _iso(ended),
-    }  # fmt: skip
+        "format": RECEIPT_FORMAT,
+        "task": task,
+        "code": code,
+        "parameters": parameters,
+        "inputs": sorted(set(inputs)),
+        "outputs": sorted(set(outputs)),
+        "node": identity.id,
+        "key": identity.public_key,
+        "environment": environment(),
+        "started": _iso(started),
+        "ended": _iso(ended),
+    }
     signed = {"body": body, "sig": identity.sign(canonical_json(body))}
     receipt = Receipt(store.put_record(canonical_json(signed)), body)
     if not store.read_only:

@@ -78,13 +78,19 @@ def admit(flow: str, fn: Any, parameters: dict[str, Any]) -> None:
     rt = current_runtime()
     home = rt.store.home
     defaults = {
-        name: p.default for name, p in inspect.signature(fn).parameters.items()
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
         if p.default is not inspect.Parameter.empty
-    }  # fmt: skip
+    }
     verify_request(
-        parameters.get("request"), flow=flow, node_id=rt.identity.id, parameters=parameters,
-        allowed=allowed_coordinators(home), nonces=NonceStore.for_home(home), defaults=defaults,
-    )  # fmt: skip
+        parameters.get("request"),
+        flow=flow,
+        node_id=rt.identity.id,
+        parameters=parameters,
+        allowed=allowed_coordinators(home),
+        nonces=NonceStore.for_home(home),
+        defaults=defaults,
+    )
 
 
 # -- node-side flows ----------------------------------------------------------------------------
@@ -155,10 +161,17 @@ def train_on_node(
     with node_policy(dataset, "train", code) as data:
         return finish(
             train(
-                dataset=data, model=model, epochs=epochs, seed=seed, batch_size=batch_size,
-                lr=lr, model_kwargs=model_kwargs, code=code, return_state=True,
+                dataset=data,
+                model=model,
+                epochs=epochs,
+                seed=seed,
+                batch_size=batch_size,
+                lr=lr,
+                model_kwargs=model_kwargs,
+                code=code,
+                return_state=True,
             )
-        )  # fmt: skip
+        )
 
 
 @flow(name="evaluate", log_prints=False)
@@ -175,8 +188,9 @@ def evaluate_on_node(
     admit("evaluate", evaluate_on_node, dict(locals()))
     log_note(note)
     with node_policy(dataset, "evaluate", code) as data:
-        step = evaluate(model=model, dataset=data, batch_size=batch_size, code=code,
-                        return_state=True)  # fmt: skip
+        step = evaluate(
+            model=model, dataset=data, batch_size=batch_size, code=code, return_state=True
+        )
         return finish(step)
 
 
@@ -195,8 +209,14 @@ def infer_on_node(
     admit("infer", infer_on_node, dict(locals()))
     log_note(note)
     with node_policy(dataset, "infer", code) as data:
-        step = infer(model=model, dataset=data, split=split, batch_size=batch_size, code=code,
-                     return_state=True)  # fmt: skip
+        step = infer(
+            model=model,
+            dataset=data,
+            split=split,
+            batch_size=batch_size,
+            code=code,
+            return_state=True,
+        )
         return finish(step)
 
 
@@ -268,8 +288,7 @@ class Coordinator:
         except (OSError, RegistryError) as exc:
             raise FlowError(f"no coordinator key in {home}: {one_line(exc)}") from None
         registry = doc.get("registry")
-        return cls(identity, dict(ids), registry if isinstance(registry, str) else None,
-                   str(home))  # fmt: skip
+        return cls(identity, dict(ids), registry if isinstance(registry, str) else None, str(home))
 
     def node_id(self, node: str) -> str:
         """The id of ``node``: the cluster's record, checked against the registry."""
@@ -279,8 +298,9 @@ class Coordinator:
         if self.registry is not None and node not in self._registered:
             from registry.local import open_target
 
-            found = [n for n in open_target(self.registry, self.home).nodes()
-                     if n.node_id == expected]  # fmt: skip
+            found = [
+                n for n in open_target(self.registry, self.home).nodes() if n.node_id == expected
+            ]
             if not found or found[-1].name != node:
                 raise RemoteRunError(
                     f"{node}: no announcement signed by its key {expected} in the registry"
@@ -291,8 +311,9 @@ class Coordinator:
     def request(self, flow: str, node: str, parameters: dict[str, Any]) -> dict[str, Any]:
         """``parameters`` plus a run request for them, signed by this coordinator."""
         plain = {k: v for k, v in parameters.items() if k != "request"}
-        signed = sign_request(self.identity, flow=flow, node_id=self.node_id(node),
-                              parameters=plain)  # fmt: skip
+        signed = sign_request(
+            self.identity, flow=flow, node_id=self.node_id(node), parameters=plain
+        )
         return {**plain, "request": signed}
 
 
@@ -327,8 +348,10 @@ def _made_by(attrs: dict[str, Any], parameters: dict[str, Any]) -> bool:
     fed, spec = attrs.get("cidflow.federated"), attrs.get("cidflow.model")
     pairs = [(k, attrs.get(k)) for k in ("model", "dataset")]
     if isinstance(fed, dict) and "update_of" in fed:
-        pairs = [(k, fed.get(f)) for k, f in (("global_model", "update_of"), ("round", "round"),
-                                             ("data", "data"))]  # fmt: skip
+        pairs = [
+            (k, fed.get(f))
+            for k, f in (("global_model", "update_of"), ("round", "round"), ("data", "data"))
+        ]
     elif isinstance(spec, dict):
         pairs += [(k, spec.get(k)) for k in ("model", "seed", "dataset")]
     return all(parameters[k] == v for k, v in pairs if v is not None and k in parameters)
@@ -365,9 +388,11 @@ def verify_answer(
         raise RemoteRunError(f"{where}: the answer is not signed by {node}'s registered key")
     body = receipt.body
     skip = set(private)
-    changed = sorted(k for k, v in parameters.items()
-                     if k in body["parameters"] and k not in skip
-                     and body["parameters"][k] != v)  # fmt: skip
+    changed = sorted(
+        k
+        for k, v in parameters.items()
+        if k in body["parameters"] and k not in skip and body["parameters"][k] != v
+    )
     if changed:
         raise RemoteRunError(f"{where}: the receipt is for other parameters ({', '.join(changed)})")
     named = set(cids_in({k: v for k, v in result.items() if k != "receipt"}))

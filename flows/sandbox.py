@@ -75,9 +75,15 @@ home, is never shown); it is also the working directory."""
 
 _SYSTEM_DIRS: Final = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC_FILES: Final = (
-    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd", "/etc/group",
-    "/etc/nsswitch.conf", "/etc/localtime", "/etc/alternatives",
-)  # fmt: skip
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/localtime",
+    "/etc/alternatives",
+)
 _CIDFLOW_PACKAGES: Final = ("artifacts", "registry", "flows", "node_agent", "cidflow")
 _HIDE_TMPFS_BYTES: Final = 64 << 10
 _PROBE_TIMEOUT: Final = 20.0
@@ -122,8 +128,15 @@ class SandboxLimits:
     output_tail_bytes: int = 64 << 10
 
     def __post_init__(self) -> None:
-        for name in ("memory_bytes", "cpu_seconds", "file_bytes", "open_files", "processes",
-                     "tmp_bytes", "output_tail_bytes"):  # fmt: skip
+        for name in (
+            "memory_bytes",
+            "cpu_seconds",
+            "file_bytes",
+            "open_files",
+            "processes",
+            "tmp_bytes",
+            "output_tail_bytes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SandboxLimits.{name} must be a positive integer, got {value!r}")
@@ -226,8 +239,15 @@ def _is_root() -> bool:
 
 
 def _bwrap_namespaces() -> list[str]:
-    args = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--die-with-parent", "--new-session"]  # fmt: skip
+    args = [
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+    ]
     if _is_root():
         # No user namespace: the code must become a real unprivileged uid (RLIMIT_NPROC).
         caps = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")  # for the launcher's drop only
@@ -238,8 +258,18 @@ def _bwrap_namespaces() -> list[str]:
 
 
 def _unshare_namespaces() -> list[str]:
-    args = ["--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child",
-            "--mount-proc", "--propagation", "private"]  # fmt: skip
+    args = [
+        "--mount",
+        "--net",
+        "--pid",
+        "--ipc",
+        "--uts",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--propagation",
+        "private",
+    ]
     if not _is_root():
         args.append("--map-root-user")  # mounts need CAP_SYS_ADMIN in a user namespace
     return args
@@ -307,10 +337,27 @@ def run_sandboxed(
         cover = _closed_ancestors(keep)
         covered = [*cover, *map(Path, _COVERED_TMP)]  # what the script mounts over
         keep = [k for k in keep if any(Path(k).is_relative_to(c) for c in covered)]
-        script_args = [str(limits.tmp_bytes), str(job), *keep, "--", *map(str, cover), "--",
-                       *(str(h) for h in hidden)]  # fmt: skip
-        cmd = [s.unshare, *_unshare_namespaces(), "--", "/bin/sh", "-c", _UNSHARE_SCRIPT, "sh",
-               *script_args, "--", *inner]  # fmt: skip
+        script_args = [
+            str(limits.tmp_bytes),
+            str(job),
+            *keep,
+            "--",
+            *map(str, cover),
+            "--",
+            *(str(h) for h in hidden),
+        ]
+        cmd = [
+            s.unshare,
+            *_unshare_namespaces(),
+            "--",
+            "/bin/sh",
+            "-c",
+            _UNSHARE_SCRIPT,
+            "sh",
+            *script_args,
+            "--",
+            *inner,
+        ]
     return _run(cmd, sandbox_env(env), limits, backend)
 
 
@@ -420,8 +467,13 @@ def _source_root() -> Path:
 
 def _python_paths() -> list[tuple[Path, Path]]:
     """(host path, path inside) pairs that the interpreter, its libraries and cidflow need."""
-    wanted = {sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix,
-              os.path.dirname(sys.executable)}  # fmt: skip
+    wanted = {
+        sys.base_prefix,
+        sys.prefix,
+        sys.base_exec_prefix,
+        sys.exec_prefix,
+        os.path.dirname(sys.executable),
+    }
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         with contextlib.suppress(KeyError):
             wanted.add(sysconfig.get_paths()[key])

@@ -57,10 +57,22 @@ __all__ = ["ModelJobResult", "run_model_job"]
 
 MAX_RESULT_BYTES: Final = 1 << 20
 MAX_ERROR_BYTES: Final = 64 << 10
-_JOB_KEYS: Final = frozenset({
-    "op", "module", "factory", "model_kwargs", "input_shape", "n_classes", "seed", "epochs",
-    "batch_size", "lr", "weight_decay", "eval_batch_size",
-})  # fmt: skip
+_JOB_KEYS: Final = frozenset(
+    {
+        "op",
+        "module",
+        "factory",
+        "model_kwargs",
+        "input_shape",
+        "n_classes",
+        "seed",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "eval_batch_size",
+    }
+)
 _ARRAY_NAMES: Final = frozenset({"x", "y", "x_val", "y_val"})
 
 
@@ -189,8 +201,10 @@ def _write_inputs(
     if state is not None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
-                  str(job_dir / "in" / "state.safetensors"))  # fmt: skip
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in state.items()},
+            str(job_dir / "in" / "state.safetensors"),
+        )
         state_rel = "in/state.safetensors"
     doc = {**spec, "code": "code", "inputs": inputs, "state": state_rel}
     (job_dir / "job.json").write_text(json.dumps(doc, allow_nan=False, sort_keys=True))

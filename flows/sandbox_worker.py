@@ -110,8 +110,10 @@ def run_job(job_dir: Path) -> dict[str, Any]:
             n_classes=job["n_classes"],
             device=cpu,
         )
-        save_file({k: v.contiguous() for k, v in trained.state_dict.items()},
-                  str(out / "model.safetensors"))  # fmt: skip
+        save_file(
+            {k: v.contiguous() for k, v in trained.state_dict.items()},
+            str(out / "model.safetensors"),
+        )
         result["metrics"] = trained.metrics
     elif op == "evaluate":
         result["metrics"] = evaluate_model(

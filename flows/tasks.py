@@ -123,10 +123,16 @@ def cid_task(
             result = func(*args, **kwargs)
             ended = time.time()
             receipt = write_receipt(
-                rt.store, rt.identity, task=task_name,
-                code=code_hash(func, policy.modules(bound.arguments)), parameters=params,
-                inputs=cids_in(params), outputs=cids_in(result), started=started, ended=ended,
-            )  # fmt: skip
+                rt.store,
+                rt.identity,
+                task=task_name,
+                code=code_hash(func, policy.modules(bound.arguments)),
+                parameters=params,
+                inputs=cids_in(params),
+                outputs=cids_in(result),
+                started=started,
+                ended=ended,
+            )
             return {**result, "receipt": str(receipt.cid)}
 
         make: Any = task

@@ -106,9 +106,12 @@ def _content_free(data: bytes) -> bool:
         doc = json.loads(data)
     except ValueError:
         return False
-    return isinstance(doc, dict) and doc.get("node_type") == "group" and not doc.get(
-        "attributes"
-    ) and set(doc) <= {"attributes", "zarr_format", "node_type"}  # fmt: skip
+    return (
+        isinstance(doc, dict)
+        and doc.get("node_type") == "group"
+        and not doc.get("attributes")
+        and set(doc) <= {"attributes", "zarr_format", "node_type"}
+    )
 
 
 def hidden_blob_cids(store: ArtifactStore, private_cids: Iterable[str]) -> set[str]:
@@ -194,11 +197,15 @@ class NodeAgent:
 
         return create_app(
             self.store.blobs,  # type: ignore[arg-type]  # a LocalBlobStore by construction
-            token=self.token, node_id=self.identity.id, name=self.options.name,
-            capacity=self.options.capacity, max_blob=self.options.max_blob,
-            allowed_hosts=self.options.allowed_hosts, private=frozenset(self.private_cids),
+            token=self.token,
+            node_id=self.identity.id,
+            name=self.options.name,
+            capacity=self.options.capacity,
+            max_blob=self.options.max_blob,
+            allowed_hosts=self.options.allowed_hosts,
+            private=frozenset(self.private_cids),
             peers=(*self.options.peers, self.identity.public_key),  # its own flows' outputs
-        )  # fmt: skip
+        )
 
     def announce(self) -> None:
         """Sign and append this node's ``node`` entry (endpoint, capacity, hardware, used)."""
@@ -210,9 +217,13 @@ class NodeAgent:
 
         registry: Any = open_target(self.options.registry, self.home)
         registry.announce_node(
-            self.identity, endpoint=self.options.url, capacity=self.options.capacity,
-            hardware=hardware, name=self.options.name, used=used,
-        )  # fmt: skip
+            self.identity,
+            endpoint=self.options.url,
+            capacity=self.options.capacity,
+            hardware=hardware,
+            name=self.options.name,
+            used=used,
+        )
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.options.heartbeat):
@@ -259,9 +270,13 @@ class NodeAgent:
         beat.start()
         self.start_flows()
         config = uvicorn.Config(
-            self.app(), host=self.options.host, port=self.options.port, log_level="warning",
-            access_log=False, timeout_graceful_shutdown=5,
-        )  # fmt: skip
+            self.app(),
+            host=self.options.host,
+            port=self.options.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
         try:
             uvicorn.Server(config).run()
         finally:

@@ -225,17 +225,21 @@ class _Usage:
 
 def _full(size: int, room: int) -> _Refusal:
     return _Refusal(
-        507, "InsufficientStorage", f"this node has room for {room} more bytes, not {size}",
+        507,
+        "InsufficientStorage",
+        f"this node has room for {room} more bytes, not {size}",
         Connection="close",
-    )  # fmt: skip
+    )
 
 
 def _too_large(size: int, limit: int, *, at_least: bool = False) -> _Refusal:
     what = f"{size} bytes or more" if at_least else f"{size} bytes"
     return _Refusal(
-        413, "PayloadTooLarge", f"a blob of {what} is over this node's limit of {limit} bytes",
+        413,
+        "PayloadTooLarge",
+        f"a blob of {what} is over this node's limit of {limit} bytes",
         Connection="close",
-    )  # fmt: skip
+    )
 
 
 def _private_view(private: PrivateCIDs) -> Callable[[], Container[str]]:

@@ -109,9 +109,13 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
 
 
 def prefect_auth(doc: dict[str, Any]) -> str | None:
@@ -177,8 +181,11 @@ def cluster_up(
     try:
         port = _free_port()
         api = f"http://127.0.0.1:{port}/api"
-        prefect_env = env | {"PREFECT_HOME": str(home / "prefect"), "CIDFLOW_MARKER": marker,
-                             "PREFECT_SERVER_API_AUTH_STRING": auth}  # fmt: skip
+        prefect_env = env | {
+            "PREFECT_HOME": str(home / "prefect"),
+            "CIDFLOW_MARKER": marker,
+            "PREFECT_SERVER_API_AUTH_STRING": auth,
+        }
         prefect_bin = shutil.which("prefect", path=str(bin_dir)) or "prefect"
         cmd = [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         proc = _spawn(cmd, prefect_env, home / "logs" / "prefect.log")
@@ -206,16 +213,36 @@ def cluster_up(
         node_env = env | {"CIDFLOW_NODE_REGISTRY": registry}  # not on the command line
         for name in names:
             node_home = node_homes[name]
-            node_storage = {"replication": replication, "cache": True,
-                            "key_file": str(Identity.path(node_home, NODE_KEY)),
-                            "nodes": [{"name": n, "url": urls[n]} for n in names]}  # fmt: skip
+            node_storage = {
+                "replication": replication,
+                "cache": True,
+                "key_file": str(Identity.path(node_home, NODE_KEY)),
+                "nodes": [{"name": n, "url": urls[n]} for n in names],
+            }
             _write_json(node_home / CLUSTER_FILE, {"storage": node_storage})
-            cmd = [sys.executable, "-m", "cidflow", "node", "start", "--name", name,
-                   "--home", str(node_home), "--host", "127.0.0.1",
-                   "--port", str(node_ports[name]),
-                   "--prefect-api", api, "--marker", marker,
-                   "--prefect-auth-file", str(node_home / PREFECT_AUTH_FILE),
-                   "--allow-coordinator", coordinator.public_key]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "cidflow",
+                "node",
+                "start",
+                "--name",
+                name,
+                "--home",
+                str(node_home),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(node_ports[name]),
+                "--prefect-api",
+                api,
+                "--marker",
+                marker,
+                "--prefect-auth-file",
+                str(node_home / PREFECT_AUTH_FILE),
+                "--allow-coordinator",
+                coordinator.public_key,
+            ]
             peers = [coordinator.public_key, *(keys[n] for n in names if n != name)]
             for key in peers:
                 cmd += ["--allow-peer", key]
@@ -226,15 +253,30 @@ def cluster_up(
             for item in (policies or {}).get(name, []):
                 cmd += ["--policy", item]
             proc = _spawn(cmd, node_env, home / "logs" / f"{name}.log")
-            started.append((proc, {"role": "node", "name": name, "pid": proc.pid,
-                                   "url": f"http://127.0.0.1:{node_ports[name]}",
-                                   "home": str(node_home), "marker": marker}))  # fmt: skip
+            started.append(
+                (
+                    proc,
+                    {
+                        "role": "node",
+                        "name": name,
+                        "pid": proc.pid,
+                        "url": f"http://127.0.0.1:{node_ports[name]}",
+                        "home": str(node_home),
+                        "marker": marker,
+                    },
+                )
+            )
         for proc, info in started[1:]:
             _wait_http(f"{info['url']}/v1/health", deadline, proc, f"node {info['name']}")
         for proc, info in started[1:]:  # a run started before its deployment exists would fail
             for flow in NODE_FLOW_NAMES:
-                _wait_http(f"{api}/deployments/name/{flow}/{info['name']}", deadline, proc,
-                           f"node {info['name']}'s {flow} deployment", auth)  # fmt: skip
+                _wait_http(
+                    f"{api}/deployments/name/{flow}/{info['name']}",
+                    deadline,
+                    proc,
+                    f"node {info['name']}'s {flow} deployment",
+                    auth,
+                )
     except BaseException:
         for proc, _ in reversed(started):
             _stop_group(proc.pid)
@@ -258,8 +300,9 @@ def cluster_up(
 def _summary(home: Path, doc: dict[str, Any]) -> dict[str, Any]:
     nodes = [
         {"name": p["name"], "url": p["url"], "pid": p["pid"], "home": p["home"]}
-        for p in doc.get("processes", []) if p.get("role") == "node"
-    ]  # fmt: skip
+        for p in doc.get("processes", [])
+        if p.get("role") == "node"
+    ]
     prefect = next((p for p in doc.get("processes", []) if p.get("role") == "prefect"), None)
     return {
         "home": str(home),

@@ -64,9 +64,13 @@ def run_on_cluster(
         node, reason = placement.node, placement.reason
     sent = time.time()
     result = run_on_node(
-        flow, node, {**params, "note": reason}, timeout=timeout, api_url=cluster["prefect_api"],
+        flow,
+        node,
+        {**params, "note": reason},
+        timeout=timeout,
+        api_url=cluster["prefect_api"],
         coordinator=coordinator,
-    )  # fmt: skip
+    )
     private = [k for k, v in params.items() if str(v).startswith(PRIVATE_PREFIX)]
     try:
         verify_answer(store, coordinator, node, flow, params, result, sent=sent, private=private)

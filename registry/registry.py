@@ -102,21 +102,41 @@ class VersionInfo:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "version": self.version, "cid": self.cid, "kind": self.kind,
-            "license": self.license, "price": self.price, "description": self.description,
-            "tags": self.tags, "size": self.size, "receipt": self.receipt,
-            "publisher": self.publisher, "timestamp": self.timestamp, "seq": self.seq,
+            "name": self.name,
+            "version": self.version,
+            "cid": self.cid,
+            "kind": self.kind,
+            "license": self.license,
+            "price": self.price,
+            "description": self.description,
+            "tags": self.tags,
+            "size": self.size,
+            "receipt": self.receipt,
+            "publisher": self.publisher,
+            "timestamp": self.timestamp,
+            "seq": self.seq,
             "yanked": self.yanked,
-        }  # fmt: skip
+        }
 
 
 def _info(row: Any, at: int | None = None) -> VersionInfo:
     yanked = row.yanked_seq is not None and (at is None or row.yanked_seq <= at)
     return VersionInfo(
-        row.asset, row.version, row.cid, row.kind, row.license,
-        {"amount": row.price_amount, "currency": row.price_currency}, row.description,
-        json.loads(row.tags), row.size, row.receipt, row.publisher, row.timestamp, row.seq, yanked,
-    )  # fmt: skip
+        row.asset,
+        row.version,
+        row.cid,
+        row.kind,
+        row.license,
+        {"amount": row.price_amount, "currency": row.price_currency},
+        row.description,
+        json.loads(row.tags),
+        row.size,
+        row.receipt,
+        row.publisher,
+        row.timestamp,
+        row.seq,
+        yanked,
+    )
 
 
 def fold_log(records: Iterable[tuple[Record, str]]) -> tuple[MemoryState, int, str | None]:
@@ -375,9 +395,13 @@ class Registry:
         """Sign with the node's ``identity`` and append a ``node`` entry (an announcement, or a
         heartbeat: see :mod:`registry.nodes`); return what :meth:`nodes` now lists for it."""
         entry = node_entry(
-            identity, endpoint=endpoint, capacity=capacity, hardware=hardware, name=name,
+            identity,
+            endpoint=endpoint,
+            capacity=capacity,
+            hardware=hardware,
+            name=name,
             used=used,
-        )  # fmt: skip
+        )
         return NodeInfo.from_body(entry.body, self.append(entry).seq)
 
     def nodes(self) -> list[NodeInfo]:

@@ -44,9 +44,14 @@ class ModelSpec:
         from flows.code import build_model
 
         return build_model(
-            self.model, input_shape=self.input_shape, n_classes=self.n_classes, seed=self.seed,
-            code=self.code, trust=trust, **(self.model_kwargs or {}),
-        )  # fmt: skip
+            self.model,
+            input_shape=self.input_shape,
+            n_classes=self.n_classes,
+            seed=self.seed,
+            code=self.code,
+            trust=trust,
+            **(self.model_kwargs or {}),
+        )
 
     def initial_weights(self) -> Weights:
         """The seeded starting point of round 1."""
@@ -118,10 +123,14 @@ def local_train(
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     result = train_model(
-        net, np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64), config,
-        n_classes=spec.n_classes, device="cpu",
+        net,
+        np.asarray(x, dtype=np.float32),
+        np.asarray(y, dtype=np.int64),
+        config,
+        n_classes=spec.n_classes,
+        device="cpu",
         regularizer=proximal if proximal_mu > 0 else None,
-    )  # fmt: skip
+    )
     return ClientResult(
         weights=state_to_weights(result.state_dict),
         num_examples=len(y),
@@ -140,6 +149,10 @@ def evaluate_weights(
         return {"accuracy": 0.0, "loss": 0.0, "examples": 0}
     net = spec.build()
     load_weights(net, weights)
-    m = evaluate_model(net, np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64),
-                       n_classes=spec.n_classes)  # fmt: skip
+    m = evaluate_model(
+        net,
+        np.asarray(x, dtype=np.float32),
+        np.asarray(y, dtype=np.int64),
+        n_classes=spec.n_classes,
+    )
     return {"accuracy": float(m["accuracy"]), "loss": float(m["loss"]), "examples": int(m["n"])}

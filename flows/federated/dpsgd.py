@@ -60,15 +60,25 @@ class DPPlan:
 
 @functools.lru_cache(maxsize=256)  # the same answer every round: the search takes ~0.1 s
 def plan(
-    n: int, *, batch_size: int, epochs: int, rounds: int, epsilon: float, delta: float,
+    n: int,
+    *,
+    batch_size: int,
+    epochs: int,
+    rounds: int,
+    epsilon: float,
+    delta: float,
     clip: float,
-) -> DPPlan:  # fmt: skip
+) -> DPPlan:
     """The noise for ``n`` private examples to spend at most ``epsilon`` over ``rounds``."""
     from flows.federated.privacy import epsilon as spent
     from flows.federated.privacy import noise_for_epsilon
 
-    for value, what in ((n, "examples"), (batch_size, "batch_size"), (epochs, "epochs"),
-                        (rounds, "rounds")):  # fmt: skip
+    for value, what in (
+        (n, "examples"),
+        (batch_size, "batch_size"),
+        (epochs, "epochs"),
+        (rounds, "rounds"),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise TrainingError(f"DP-SGD needs a positive integer for {what}, got {value!r}")
     if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
@@ -77,8 +87,9 @@ def plan(
     per_round = epochs * max(1, round(n / batch_size))
     steps = rounds * per_round
     sigma = noise_for_epsilon(epsilon, steps, delta, sample_rate=q)
-    return DPPlan(q, per_round, steps, sigma, spent(sigma, steps, delta, sample_rate=q), delta,
-                  float(clip))  # fmt: skip
+    return DPPlan(
+        q, per_round, steps, sigma, spent(sigma, steps, delta, sample_rate=q), delta, float(clip)
+    )
 
 
 def noisy_gradient(
@@ -168,4 +179,4 @@ def dp_sgd_train(
         "steps": float(dp.steps),
         "sampled": float(taken),
     }
-    return ClientResult(weights=weights, num_examples=n, metrics=metrics)  # fmt: skip
+    return ClientResult(weights=weights, num_examples=n, metrics=metrics)

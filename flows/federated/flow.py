@@ -70,9 +70,14 @@ def _model_spec(spec: dict[str, Any]) -> Any:
     ref = model_ref(spec)
     if not ref.is_zoo:
         current_trust().check(ref)
-    return ModelSpec(ref.model, tuple(spec["input_shape"]), int(spec["n_classes"]),
-                     int(spec.get("seed", 0)), spec.get("model_kwargs") or None,
-                     ref.code)  # fmt: skip
+    return ModelSpec(
+        ref.model,
+        tuple(spec["input_shape"]),
+        int(spec["n_classes"]),
+        int(spec.get("seed", 0)),
+        spec.get("model_kwargs") or None,
+        ref.code,
+    )
 
 
 def _spec_modules(model: Any) -> list[str]:
@@ -205,11 +210,18 @@ def init_model(
     art = current_runtime().store.open_artifact(dataset)
     x_arr, y_arr = _supervised(art, "train")
     n_classes = _n_classes(art, np.asarray(y_arr[...]))
-    spec = ModelSpec(model, tuple(int(n) for n in x_arr.shape[1:]), n_classes, seed,
-                     model_kwargs, ref.code)  # fmt: skip
-    as_json = {"model": model, "code": ref.code, "model_kwargs": model_kwargs or {},
-               "n_classes": n_classes,
-               "input_shape": list(spec.input_shape), "seed": seed, "dataset": dataset}  # fmt: skip
+    spec = ModelSpec(
+        model, tuple(int(n) for n in x_arr.shape[1:]), n_classes, seed, model_kwargs, ref.code
+    )
+    as_json = {
+        "model": model,
+        "code": ref.code,
+        "model_kwargs": model_kwargs or {},
+        "n_classes": n_classes,
+        "input_shape": list(spec.input_shape),
+        "seed": seed,
+        "dataset": dataset,
+    }
     return {"model": _put_model(spec.initial_weights(), as_json, {"round": 0}, "federated")}
 
 
@@ -248,21 +260,40 @@ def client_round(
         me = client_private_key(client_secret(), str(secure["me"]))
         key["public_key"] = public_key_hex(me)
     if epochs == 0:
-        return {"update": None, "num_examples": len(y), "metrics": {}, "evaluation": evaluation,
-                **key}  # fmt: skip
+        return {
+            "update": None,
+            "num_examples": len(y),
+            "metrics": {},
+            "evaluation": evaluation,
+            **key,
+        }
     if dp is not None:
         from flows.federated.dpsgd import dp_sgd_train, plan
 
-        budget = plan(len(y), batch_size=batch_size, epochs=epochs, rounds=int(dp["rounds"]),
-                      epsilon=float(dp["epsilon"]), delta=float(dp["delta"]),
-                      clip=float(dp["clip"]))  # fmt: skip
-        result = dp_sgd_train(model_spec, weights, x, y, budget, lr=lr, seed=seed,
-                              proximal_mu=proximal_mu)  # fmt: skip
+        budget = plan(
+            len(y),
+            batch_size=batch_size,
+            epochs=epochs,
+            rounds=int(dp["rounds"]),
+            epsilon=float(dp["epsilon"]),
+            delta=float(dp["delta"]),
+            clip=float(dp["clip"]),
+        )
+        result = dp_sgd_train(
+            model_spec, weights, x, y, budget, lr=lr, seed=seed, proximal_mu=proximal_mu
+        )
     else:
         result = local_train(
-            model_spec, weights, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+            model_spec,
+            weights,
+            x,
+            y,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
             proximal_mu=proximal_mu,
-        )  # fmt: skip
+        )
     sent = apply_attack(attack, weights, result.weights) if attack else result.weights
     info: dict[str, Any] = {"round": round, "update_of": global_model, "data": data}
     if attack:
@@ -271,8 +302,13 @@ def client_round(
         update = _put_masked(weights, sent, result.num_examples, secure, info)
     else:
         update = _put_model(sent, spec, info, "federated client")
-    return {"update": update, "num_examples": result.num_examples, "metrics": result.metrics,
-            "evaluation": evaluation, **key}  # fmt: skip
+    return {
+        "update": update,
+        "num_examples": result.num_examples,
+        "metrics": result.metrics,
+        "evaluation": evaluation,
+        **key,
+    }
 
 
 def _put_masked(
@@ -281,15 +317,24 @@ def _put_masked(
     """The update ``after - before``, weighted by ``n`` and masked: alone it says nothing."""
     from flows.federated.secagg import client_private_key, mask_update
 
-    delta = {k: np.asarray(after[k], np.float64) - np.asarray(before[k], np.float64)
-             for k in after}  # fmt: skip
+    delta = {k: np.asarray(after[k], np.float64) - np.asarray(before[k], np.float64) for k in after}
     key = client_private_key(client_secret(), str(secure["me"]))
     masked = mask_update(
-        delta, n, me=str(secure["me"]), private_key=key, peers=dict(secure["peers"]),
+        delta,
+        n,
+        me=str(secure["me"]),
+        private_key=key,
+        peers=dict(secure["peers"]),
         context=bytes.fromhex(secure["context"]),
-    )  # fmt: skip
-    attrs = {FED_ATTR: {**info, "masked": True, "context": secure["context"],
-                        "participants": sorted(secure["peers"])}}  # fmt: skip
+    )
+    attrs = {
+        FED_ATTR: {
+            **info,
+            "masked": True,
+            "context": secure["context"],
+            "participants": sorted(secure["peers"]),
+        }
+    }
     return str(current_runtime().store.put_arrays(masked, attrs=attrs, source="federated client"))
 
 
@@ -329,8 +374,9 @@ def aggregate_round(
         saved = store.open_artifact(server_state)
         arrays, step = saved.to_numpy(), int(saved.attrs["step"])
         names = sorted({k.split("/", 1)[1] for k in arrays})
-        args["state"] = ServerOptState(step, {n: arrays[f"m/{n}"] for n in names},
-                                       {n: arrays[f"v/{n}"] for n in names})  # fmt: skip
+        args["state"] = ServerOptState(
+            step, {n: arrays[f"m/{n}"] for n in names}, {n: arrays[f"v/{n}"] for n in names}
+        )
     chosen = cls(**args)
     weights, spec = _weights(global_model)
     labels = clients or [f"client-{k}" for k in range(len(updates))]
@@ -348,8 +394,14 @@ def aggregate_round(
                     raise FlowError(f"update {u} is a {art.kind!r} artifact, not a model")
                 _check_declared(art, weights)  # before anything is read or allocated
                 loaded[u] = state_to_weights(art.to_state_dict())
-        except (ArtifactError, InvalidCIDError, FlowError, ValueError, TypeError,
-                RecursionError) as exc:  # fmt: skip
+        except (
+            ArtifactError,
+            InvalidCIDError,
+            FlowError,
+            ValueError,
+            TypeError,
+            RecursionError,
+        ) as exc:
             stale.append((label, one_line(exc)))
             continue
         if info.get("round") != round:
@@ -366,8 +418,9 @@ def aggregate_round(
         if min_cosine is not None or max_norm_ratio is not None:
             from flows.federated.validate import outlier_screen
 
-            results, away = outlier_screen(weights, results, min_cosine=min_cosine,
-                                           max_norm_ratio=max_norm_ratio)  # fmt: skip
+            results, away = outlier_screen(
+                weights, results, min_cosine=min_cosine, max_norm_ratio=max_norm_ratio
+            )
             stale += away
         if dp is not None:
             outcome = _private_round(chosen, weights, results, dp, round)
@@ -407,8 +460,10 @@ def _check_declared(art: Any, weights: Weights) -> None:
         raise FlowError("; ".join(parts))
     for name, shape in declared.items():
         if shape != tuple(np.shape(weights[name])):
-            raise FlowError(f"array {name!r} has shape {list(shape)}, the global model "
-                            f"{list(np.shape(weights[name]))}")  # fmt: skip
+            raise FlowError(
+                f"array {name!r} has shape {list(shape)}, the global model "
+                f"{list(np.shape(weights[name]))}"
+            )
 
 
 def _secure_round(
@@ -451,15 +506,23 @@ def _private_round(
 
     if not isinstance(chosen, FedAvg):
         raise AggregationError("differential privacy is offered with fedavg only")
-    accepted, rejected = screen(weights, results, norm_bound=chosen.norm_bound,
-                                max_examples=chosen.max_examples,
-                                max_weight_ratio=chosen.max_weight_ratio)  # fmt: skip
+    accepted, rejected = screen(
+        weights,
+        results,
+        norm_bound=chosen.norm_bound,
+        max_examples=chosen.max_examples,
+        max_weight_ratio=chosen.max_weight_ratio,
+    )
     metrics: dict[str, float | int | str] = {"received": len(results), "accepted": len(accepted)}
     if len(accepted) < chosen.min_clients:
         return AggregateResult(None, rejected, metrics, failure="too few accepted updates")
     # The noise comes from the OS CSPRNG, never from a recorded seed (DESIGN.md, invariant 9).
-    mean = private_mean(weights, [u.weights for u in accepted], clip=float(dp["clip"]),
-                        noise_multiplier=float(dp["noise_multiplier"]))  # fmt: skip
+    mean = private_mean(
+        weights,
+        [u.weights for u in accepted],
+        clip=float(dp["clip"]),
+        noise_multiplier=float(dp["noise_multiplier"]),
+    )
     return AggregateResult(cast_like(weights, mean), rejected, metrics)
 
 
@@ -481,8 +544,9 @@ class LocalClients:
             if extra.get("attack") == SILENT and extra.get("epochs", 1):
                 out.missing.append((label, "silent (simulated Byzantine client)"))
                 continue
-            answer = client_round(global_model=global_model, data=self.data[label], round=rnd,
-                                  **extra)  # fmt: skip
+            answer = client_round(
+                global_model=global_model, data=self.data[label], round=rnd, **extra
+            )
             if self.dropout and extra.get("epochs", 1) and self.rng.random() < self.dropout:
                 out.missing.append((label, "dropped out (simulated)"))
                 continue
@@ -605,9 +669,14 @@ def federated_train_fn(
         raise FlowError(f"byzantine must be between 0 and the {n_clients} simulated clients")
     if not 0.0 <= dropout < 1.0 or (nodes and dropout):
         raise FlowError("dropout is a simulated chance in [0, 1)")
-    conflict = option_conflict(strategy, dp_epsilon=dp_epsilon, dp_level=dp_level,
-                               secure=secure, min_cosine=min_cosine,
-                               max_norm_ratio=max_norm_ratio)  # fmt: skip
+    conflict = option_conflict(
+        strategy,
+        dp_epsilon=dp_epsilon,
+        dp_level=dp_level,
+        secure=secure,
+        min_cosine=min_cosine,
+        max_norm_ratio=max_norm_ratio,
+    )
     if conflict is not None:
         raise AggregationError(conflict)
     central_dp = dp_epsilon is not None and dp_level == "client"
@@ -622,9 +691,14 @@ def federated_train_fn(
     client_dp: dict[str, Any] | None = None
     if dp_epsilon is not None and not central_dp:
         client_dp = {"epsilon": dp_epsilon, "delta": dp_delta, "clip": dp_clip, "rounds": rounds}
-        log.info("differential privacy: DP-SGD on every client, epsilon %.3g at delta %g for "
-                 "each client's examples over %d rounds, clip %g", dp_epsilon, dp_delta, rounds,
-                 dp_clip)  # fmt: skip
+        log.info(
+            "differential privacy: DP-SGD on every client, epsilon %.3g at delta %g for "
+            "each client's examples over %d rounds, clip %g",
+            dp_epsilon,
+            dp_delta,
+            rounds,
+            dp_clip,
+        )
     elif dp_epsilon is not None:
         from flows.federated.privacy import noise_for_epsilon
 
@@ -632,8 +706,13 @@ def federated_train_fn(
         dp = {"clip": dp_clip, "noise_multiplier": sigma}  # no seed: the noise is not seeded
         log.info(
             "differential privacy: epsilon %.3g at delta %g over %d rounds: noise multiplier "
-            "%.4f, clip %g", dp_epsilon, dp_delta, rounds, sigma, dp_clip,
-        )  # fmt: skip
+            "%.4f, clip %g",
+            dp_epsilon,
+            dp_delta,
+            rounds,
+            sigma,
+            dp_clip,
+        )
     args = dict(strategy_args or {})
     args.setdefault("min_clients", need)
     if strategy == "fedprox":
@@ -651,13 +730,15 @@ def federated_train_fn(
         labels = [f"client-{k}" for k in range(clients)]
         client_data = list(parts["clients"])
         runner = LocalClients(dict(zip(labels, client_data, strict=True)), dropout, seed)
-    current = init_model(dataset=dataset, model=model, seed=seed, model_kwargs=model_kwargs,
-                         code=ref.code)  # fmt: skip
+    current = init_model(
+        dataset=dataset, model=model, seed=seed, model_kwargs=model_kwargs, code=ref.code
+    )
     global_model, state = str(current["model"]), None
     keys: dict[str, str] = {}
     if secure:  # each client's public key (an evaluation-only call that also returns it)
-        got = runner.run_round(0, global_model, {c: {"epochs": 0, "secure": {"me": c}}
-                                                 for c in labels})  # fmt: skip
+        got = runner.run_round(
+            0, global_model, {c: {"epochs": 0, "secure": {"me": c}} for c in labels}
+        )
         keys = {c: str(a["public_key"]) for c, a in got.answers.items()}
     history: list[dict[str, Any]] = []
     spent_by: dict[str, dict[str, float]] = {}  # DP-SGD: each client's planned spend
@@ -673,23 +754,33 @@ def federated_train_fn(
             for c in participants:
                 k = labels.index(c)
                 extra: dict[str, Any] = {
-                    "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                    "seed": seed * 100_003 + rnd * 1_009 + k, "proximal_mu": mu,
-                }  # fmt: skip
+                    "epochs": epochs,
+                    "lr": lr,
+                    "batch_size": batch_size,
+                    "seed": seed * 100_003 + rnd * 1_009 + k,
+                    "proximal_mu": mu,
+                }
                 if k < byzantine and (kind := active_attack(attack, rnd)):
                     extra["attack"] = kind
                 if client_dp is not None:
                     extra["dp"] = client_dp
                 if secure:
-                    extra["secure"] = {"me": c, "context": context,
-                                       "peers": {p: keys[p] for p in participants}}  # fmt: skip
+                    extra["secure"] = {
+                        "me": c,
+                        "context": context,
+                        "peers": {p: keys[p] for p in participants},
+                    }
                 params[c] = extra
             got = runner.run_round(rnd, global_model, params)
             dropped += got.missing
             late_seen += got.late
             for late in got.late:
-                log.warning("round %d: late update from %s for round %d discarded", rnd,
-                            late["client"], late["round"])  # fmt: skip
+                log.warning(
+                    "round %d: late update from %s for round %d discarded",
+                    rnd,
+                    late["client"],
+                    late["round"],
+                )
             for c, why in got.missing:
                 log.warning("round %d: %s missing: %s", rnd, c, why)
             if len(got.answers) < need:
@@ -703,13 +794,18 @@ def federated_train_fn(
             # Masks pair every participant with every other: a missing one would leave its
             # masks in the sum. Start the round again without it, never unmask a partial sum.
             participants = [c for c in participants if c in got.answers]
-            log.warning("round %d: secure aggregation restarts without %s", rnd,
-                        ", ".join(c for c, _ in got.missing))  # fmt: skip
+            log.warning(
+                "round %d: secure aggregation restarts without %s",
+                rnd,
+                ", ".join(c for c, _ in got.missing),
+            )
         answered = [c for c in participants if c in got.answers]
         for c in answered if client_dp is not None else ():
             reported = got.answers[c].get("metrics")
-            figures = {k: _number(reported.get(k)) if isinstance(reported, dict) else None
-                       for k in ("epsilon", "noise_multiplier", "sample_rate")}  # fmt: skip
+            figures = {
+                k: _number(reported.get(k)) if isinstance(reported, dict) else None
+                for k in ("epsilon", "noise_multiplier", "sample_rate")
+            }
             if all(v is not None for v in figures.values()):
                 spent_by[c] = {k: float(v) for k, v in figures.items() if v is not None}
             else:
@@ -717,12 +813,19 @@ def federated_train_fn(
         if history:
             history[-1].update(_federated_evaluation(got.answers))
         agg = aggregate_round(
-            global_model=global_model, updates=[got.answers[c]["update"] for c in answered],
-            counts=[_claimed(got.answers[c].get("num_examples")) for c in answered], round=rnd,
-            strategy=strategy, strategy_args=args, server_state=state, dp=dp, clients=answered,
+            global_model=global_model,
+            updates=[got.answers[c]["update"] for c in answered],
+            counts=[_claimed(got.answers[c].get("num_examples")) for c in answered],
+            round=rnd,
+            strategy=strategy,
+            strategy_args=args,
+            server_state=state,
+            dp=dp,
+            clients=answered,
             secure={"participants": answered, "context": context} if secure else None,
-            min_cosine=min_cosine, max_norm_ratio=max_norm_ratio,
-        )  # fmt: skip
+            min_cosine=min_cosine,
+            max_norm_ratio=max_norm_ratio,
+        )
         if agg["model"] is None:
             raise AggregationError(f"round {rnd} failed: {agg['failure']} (no model published)")
         global_model, state = agg["model"], agg["server_state"]
@@ -730,21 +833,39 @@ def federated_train_fn(
             strikes[c] = strikes.get(c, 0) + 1
             if strikes[c] == exclude_after:
                 excluded.append(c)
-                log.warning("round %d: %s excluded from later rounds: %d of its updates were "
-                            "rejected", rnd, c, exclude_after)  # fmt: skip
+                log.warning(
+                    "round %d: %s excluded from later rounds: %d of its updates were rejected",
+                    rnd,
+                    c,
+                    exclude_after,
+                )
         metrics = evaluate(model=global_model, dataset=dataset, code=ref.code)["metrics"]
-        row: dict[str, Any] = {"round": rnd, "accuracy": float(metrics["accuracy"]),
-               "loss": float(metrics["loss"]), "rejected": len(agg["rejected"]),
-               "rejections": [list(r) for r in agg["rejected"]],
-               "clients": len(answered), "federated_accuracy": None, "client_accuracy": {},
-               "missing": [list(m) for m in dropped],
-               "late": [{k: v for k, v in late.items() if k != "state"} for late in late_seen],
-               "excluded": list(excluded)}  # fmt: skip
+        row: dict[str, Any] = {
+            "round": rnd,
+            "accuracy": float(metrics["accuracy"]),
+            "loss": float(metrics["loss"]),
+            "rejected": len(agg["rejected"]),
+            "rejections": [list(r) for r in agg["rejected"]],
+            "clients": len(answered),
+            "federated_accuracy": None,
+            "client_accuracy": {},
+            "missing": [list(m) for m in dropped],
+            "late": [{k: v for k, v in late.items() if k != "state"} for late in late_seen],
+            "excluded": list(excluded),
+        }
         history.append(row)
-        log.info("round %d/%d  accuracy=%.4f  loss=%.4f  clients=%d  rejected=%d", rnd, rounds,
-                 row["accuracy"], row["loss"], row["clients"], row["rejected"])  # fmt: skip
-    final = runner.run_round(rounds + 1, global_model,
-                             {c: {"epochs": 0} for c in labels if c not in excluded})  # fmt: skip
+        log.info(
+            "round %d/%d  accuracy=%.4f  loss=%.4f  clients=%d  rejected=%d",
+            rnd,
+            rounds,
+            row["accuracy"],
+            row["loss"],
+            row["clients"],
+            row["rejected"],
+        )
+    final = runner.run_round(
+        rounds + 1, global_model, {c: {"epochs": 0} for c in labels if c not in excluded}
+    )
     history[-1].update(_federated_evaluation(final.answers))
     privacy = None
     from flows.federated.privacy import NOISE
@@ -756,12 +877,24 @@ def federated_train_fn(
         privacy = {"level": "client", "epsilon": spent, "delta": dp_delta, **dp, "noise": NOISE}
     elif client_dp is not None:
         worst = max((s["epsilon"] for s in spent_by.values()), default=None)
-        privacy = {"level": "example", "epsilon": worst,
-                   "delta": dp_delta, "clip": dp_clip, "clients": spent_by,
-                   "noise": NOISE}  # fmt: skip
-    return {"model": global_model, "history": history, "accuracy": history[-1]["accuracy"],
-            "clients": client_data, "strategy": strategy, "privacy": privacy,
-            "federated_accuracy": history[-1]["federated_accuracy"], "secure": secure}  # fmt: skip
+        privacy = {
+            "level": "example",
+            "epsilon": worst,
+            "delta": dp_delta,
+            "clip": dp_clip,
+            "clients": spent_by,
+            "noise": NOISE,
+        }
+    return {
+        "model": global_model,
+        "history": history,
+        "accuracy": history[-1]["accuracy"],
+        "clients": client_data,
+        "strategy": strategy,
+        "privacy": privacy,
+        "federated_accuracy": history[-1]["federated_accuracy"],
+        "secure": secure,
+    }
 
 
 federated_train = flow(name="federated-train", log_prints=False)(federated_train_fn)

@@ -38,15 +38,27 @@ import numpy as np
 from flows.errors import AggregationError
 
 __all__ = [
-    "DEFAULT_ORDERS", "NOISE", "clip_update", "epsilon", "noise_for_epsilon", "noise_rng",
-    "private_mean", "rdp",
-]  # fmt: skip
+    "DEFAULT_ORDERS",
+    "NOISE",
+    "clip_update",
+    "epsilon",
+    "noise_for_epsilon",
+    "noise_rng",
+    "private_mean",
+    "rdp",
+]
 
 Array = np.ndarray[Any, Any]
 #: Rényi orders searched when converting to (ε, δ): fine near 1, coarse far out.
 DEFAULT_ORDERS: tuple[float, ...] = (
-    *(1 + x / 10 for x in range(1, 100)), *range(11, 64), 64.0, 128.0, 256.0, 512.0, 1024.0,
-)  # fmt: skip
+    *(1 + x / 10 for x in range(1, 100)),
+    *range(11, 64),
+    64.0,
+    128.0,
+    256.0,
+    512.0,
+    1024.0,
+)
 
 #: What reports say of the noise's source: it cannot be regenerated from anything recorded.
 NOISE = "os-csprng, not reproducible"

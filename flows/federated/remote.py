@@ -62,11 +62,21 @@ def fed_client_on_node(
     admit("fed-client", fed_client_on_node, dict(locals()))
     log_note(note)
     with node_policy(dataset, "federated") as data:  # user code: refused (no sandbox here yet)
-        return finish(client_round(
-            global_model=global_model, data=data, round=round, epochs=epochs,
-            lr=lr, batch_size=batch_size, seed=seed, proximal_mu=proximal_mu, secure=secure,
-            dp=dp, return_state=True,
-        ))  # fmt: skip
+        return finish(
+            client_round(
+                global_model=global_model,
+                data=data,
+                round=round,
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                proximal_mu=proximal_mu,
+                secure=secure,
+                dp=dp,
+                return_state=True,
+            )
+        )
 
 
 @dataclass
@@ -110,12 +120,17 @@ class NodeClients:
             if node in self.pending:
                 out.missing.append((node, f"still busy with round {self.pending[node][1]}"))
                 continue
-            sent = {"global_model": global_model, "dataset": self.clients[node], "round": rnd,
-                    **extra}  # fmt: skip
+            sent = {
+                "global_model": global_model,
+                "dataset": self.clients[node],
+                "round": rnd,
+                **extra,
+            }
             try:
                 when = time.time()
-                run_id = start_on_node("fed-client", node, sent, api_url=self.api_url,
-                                       coordinator=self.coordinator)  # fmt: skip
+                run_id = start_on_node(
+                    "fed-client", node, sent, api_url=self.api_url, coordinator=self.coordinator
+                )
             except (RemoteRunError, FlowError) as exc:
                 out.missing.append((node, one_line(exc)))
                 continue
@@ -163,7 +178,13 @@ class NodeClients:
         private = ["data"] if str(sent["dataset"]).startswith(PRIVATE_PREFIX) else []
         task_params = {("data" if k == "dataset" else k): v for k, v in sent.items()}
         verify_answer(
-            current_runtime().store, self.coordinator, node, "fed-client", task_params,
-            result, sent=when, private=private,
-        )  # fmt: skip
+            current_runtime().store,
+            self.coordinator,
+            node,
+            "fed-client",
+            task_params,
+            result,
+            sent=when,
+            private=private,
+        )
         return result

@@ -39,10 +39,17 @@ from flows.errors import AggregationError
 from flows.federated.aggregate import Array
 
 __all__ = [
-    "DEFAULT_MAX_WEIGHT_RATIO", "SELECTING_RULES", "ClientUpdate", "check_limits",
-    "check_weight_ratio", "option_conflict", "outlier_screen", "screen", "update_norm",
+    "DEFAULT_MAX_WEIGHT_RATIO",
+    "SELECTING_RULES",
+    "ClientUpdate",
+    "check_limits",
+    "check_weight_ratio",
+    "option_conflict",
+    "outlier_screen",
+    "screen",
+    "update_norm",
     "validate_update",
-]  # fmt: skip
+]
 
 #: Strategies that select updates themselves (and need more than 2f + 2 of them): no
 #: outlier screen in front of them.
@@ -265,10 +272,15 @@ def outlier_screen(
     deltas: dict[int, Array] = {}
     for i, (_, weights, n) in enumerate(results):
         if _reason(global_weights, weights, n, math.inf, 2**62) is None:
-            deltas[i] = np.concatenate([
-                (np.asarray(weights[k], np.float64) - np.asarray(global_weights[k], np.float64))
-                .ravel() for k in names
-            ])  # fmt: skip
+            deltas[i] = np.concatenate(
+                [
+                    (
+                        np.asarray(weights[k], np.float64)
+                        - np.asarray(global_weights[k], np.float64)
+                    ).ravel()
+                    for k in names
+                ]
+            )
     if len(deltas) < 3:
         return list(results), []
     norms = {i: float(np.linalg.norm(d)) for i, d in deltas.items()}
@@ -280,13 +292,17 @@ def outlier_screen(
         why = None
         delta, norm = deltas.get(i), norms.get(i, 0.0)
         if max_norm_ratio is not None and median_norm and norm > max_norm_ratio * median_norm:
-            why = (f"update norm {norm:.4g} is more than {max_norm_ratio:g}x the round's median "
-                   f"norm {median_norm:.4g}")  # fmt: skip
+            why = (
+                f"update norm {norm:.4g} is more than {max_norm_ratio:g}x the round's median "
+                f"norm {median_norm:.4g}"
+            )
         elif min_cosine is not None and delta is not None and norm and ref_norm:
             cosine = float(delta @ reference) / (norm * ref_norm)
             if cosine < min_cosine:
-                why = (f"points away from the round's median update (cosine {cosine:.3f} < "
-                       f"{min_cosine:g})")  # fmt: skip
+                why = (
+                    f"points away from the round's median update (cosine {cosine:.3f} < "
+                    f"{min_cosine:g})"
+                )
         if why is None:
             kept.append(item)
         else:
@@ -311,12 +327,16 @@ def option_conflict(
         return f"{spell('dp_level')} must be client or example, got {dp_level!r}"
     client_level = dp_epsilon is not None and dp_level == "client"
     if client_level and strategy != "fedavg":
-        return (f"{spell('dp_epsilon')} at {spell('dp_level')} client is offered with "
-                f"{spell('strategy')} fedavg only ({spell('dp_level')} example works with every "
-                "strategy)")  # fmt: skip
+        return (
+            f"{spell('dp_epsilon')} at {spell('dp_level')} client is offered with "
+            f"{spell('strategy')} fedavg only ({spell('dp_level')} example works with every "
+            "strategy)"
+        )
     if secure and (strategy != "fedavg" or client_level):
-        return (f"{spell('secure')} is offered with {spell('strategy')} fedavg (and DP only at "
-                f"{spell('dp_level')} example)")  # fmt: skip
+        return (
+            f"{spell('secure')} is offered with {spell('strategy')} fedavg (and DP only at "
+            f"{spell('dp_level')} example)"
+        )
     for name, value in (("min_cosine", min_cosine), ("max_norm_ratio", max_norm_ratio)):
         if value is None:
             continue
@@ -326,6 +346,8 @@ def option_conflict(
         if not low <= value <= high:
             return f"{spell(name)} must be in [{low:g}, {high:g}], got {value}"
         if strategy in SELECTING_RULES:
-            return (f"{spell(name)} is for mean and median rules: Krum selects updates itself "
-                    "and needs more than 2f + 2 of them, which screening would cut")  # fmt: skip
+            return (
+                f"{spell(name)} is for mean and median rules: Krum selects updates itself "
+                "and needs more than 2f + 2 of them, which screening would cut"
+            )
     return None

@@ -260,8 +260,11 @@ def test_lying_peer(listing: bytes) -> None:
 
 def test_client_arguments_are_checked() -> None:
     bad: list[dict[str, Any]] = [
-        {"timeout": 0}, {"connect_timeout": -1}, {"page_size": 0}, {"max_blob": -1}
-    ]  # fmt: skip
+        {"timeout": 0},
+        {"connect_timeout": -1},
+        {"page_size": 0},
+        {"max_blob": -1},
+    ]
     for kwargs in bad:
         with pytest.raises(ValueError, match="must be"):
             HTTPBlobStore("http://127.0.0.1:1", **kwargs)

@@ -79,16 +79,21 @@ def test_cluster_configuration_is_read_and_checked(tmp_path: Path) -> None:
     assert load_cluster_storage(home) is None
     assert isinstance(open_store(home).blobs, LocalBlobStore)
     (tmp_path / "token").write_text("t" * 32)
-    storage = {"replication": 2, "key_file": str(tmp_path / "keys" / "coordinator.pem"),
-               "nodes": [{"name": "a", "url": "http://127.0.0.1:1",
-                          "token_file": str(tmp_path / "token")},
-                         {"name": "b", "url": "http://127.0.0.1:2"}]}  # fmt: skip
+    storage = {
+        "replication": 2,
+        "key_file": str(tmp_path / "keys" / "coordinator.pem"),
+        "nodes": [
+            {"name": "a", "url": "http://127.0.0.1:1", "token_file": str(tmp_path / "token")},
+            {"name": "b", "url": "http://127.0.0.1:2"},
+        ],
+    }
     _cluster_json(home, {"storage": storage})
     found = load_cluster_storage(home)
     assert found is not None
     assert [(n.name, n.url) for n in found.nodes] == [
-        ("a", "http://127.0.0.1:1"), ("b", "http://127.0.0.1:2")
-    ]  # fmt: skip
+        ("a", "http://127.0.0.1:1"),
+        ("b", "http://127.0.0.1:2"),
+    ]
     assert [n.token() for n in found.nodes] == ["t" * 32, None]  # each node its own, or none
     assert found.key_file == tmp_path / "keys" / "coordinator.pem"
     store = open_store(home)

@@ -70,8 +70,14 @@ def _dataset(store: ArtifactStore) -> str:
 def _model_artifact(store: ArtifactStore, model: str, **extra: Any) -> str:
     """A model artifact (real weights of an mlp) whose spec names ``model``."""
     net = zoo_build("mlp", input_shape=(FEATURES,), n_classes=CLASSES)
-    spec = {"model": model, "model_kwargs": {}, "input_shape": [FEATURES],
-            "n_classes": CLASSES, "seed": 0, **extra}  # fmt: skip
+    spec = {
+        "model": model,
+        "model_kwargs": {},
+        "input_shape": [FEATURES],
+        "n_classes": CLASSES,
+        "seed": 0,
+        **extra,
+    }
     return str(store.put_state_dict(net.state_dict(), attrs={pipelines.MODEL_ATTR: spec}))
 
 
@@ -142,17 +148,27 @@ def test_evaluate_infer_and_show_of_an_untrusted_model_import_nothing(
     model = attack.models[kind]
     other = _model_artifact(attack.store, "mlp")
     before = snapshot(attack.home)
-    one_error(cli(attack.home, "evaluate", "--model", model, "--dataset", attack.dataset,
-                  "--json"), "--trust-code")  # fmt: skip
-    one_error(cli(attack.home, "infer", "--model", model, "--dataset", attack.dataset),
-              "--trust-code")  # fmt: skip
+    one_error(
+        cli(attack.home, "evaluate", "--model", model, "--dataset", attack.dataset, "--json"),
+        "--trust-code",
+    )
+    one_error(
+        cli(attack.home, "infer", "--model", model, "--dataset", attack.dataset), "--trust-code"
+    )
     # trusting something else does not help
     trusting_others = ["--trust-code", "othermod:build", "--trust-code", other]
-    one_error(cli(attack.home, "evaluate", "--model", model, "--dataset", attack.dataset,
-                  *trusting_others), "--trust-code")  # fmt: skip
+    one_error(
+        cli(
+            attack.home, "evaluate", "--model", model, "--dataset", attack.dataset, *trusting_others
+        ),
+        "--trust-code",
+    )
     shown = ok(cli(attack.home, "show", model, "--json"))
-    assert shown["attrs"][pipelines.MODEL_ATTR]["model"] in {"torch.hub:load", "os:system",
-                                                             f"{EVIL}:build"}  # fmt: skip
+    assert shown["attrs"][pipelines.MODEL_ATTR]["model"] in {
+        "torch.hub:load",
+        "os:system",
+        f"{EVIL}:build",
+    }
     assert cli(attack.home, "show", model).returncode == 0
     assert snapshot(attack.home) == before
     attack.nothing_ran()
@@ -168,7 +184,9 @@ def test_the_tasks_themselves_refuse_untrusted_model_code(
     with runtime(_runtime(attack.store, tmp_path)):
         for task in (pipelines.evaluate, pipelines.infer):
             assert set(task.cache_policy.modules({"model": model, "dataset": "x"})) == {
-                "flows.training", "flows.zoo"}  # fmt: skip
+                "flows.training",
+                "flows.zoo",
+            }
             with pytest.raises(UntrustedCodeError, match="--trust-code"):
                 task.fn(model=model, dataset=attack.dataset)
         with pytest.raises(UntrustedCodeError, match="--trust-code"):
@@ -199,7 +217,9 @@ def test_local_code_is_built_only_when_named_and_never_on_a_node(
         with pytest.raises(UntrustedCodeError):
             pipelines.train.fn(dataset=attack.dataset, model=spec, epochs=1)
         assert pipelines.train.cache_policy.modules({"model": spec}) == [
-            "flows.training", "flows.zoo"]  # fmt: skip
+            "flows.training",
+            "flows.zoo",
+        ]
         node = CodeTrust.for_node(["bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"])
         with pytest.raises(UntrustedCodeError, match="never builds"):
             node.check(ModelRef(spec))
@@ -243,8 +263,7 @@ def test_code_artifacts_load_under_their_own_package(tmp_path: Path) -> None:
     two = put_code(store, _code_folder(tmp_path / "two", 2))
     assert one != two
     assert put_code(store, tmp_path / "one") == one  # the same bytes, the same CID
-    assert code_files(store, one) == ["helpers.py", "mymod.py", "pkg/__init__.py",
-                                      "pkg/layers.py"]  # fmt: skip
+    assert code_files(store, one) == ["helpers.py", "mymod.py", "pkg/__init__.py", "pkg/layers.py"]
     kw: dict[str, Any] = {"input_shape": (FEATURES,), "n_classes": CLASSES, "store": store}
     with pytest.raises(UntrustedCodeError, match=f"--trust-code {one}"):
         build_model("mymod:build", code=one, **kw)
@@ -258,8 +277,13 @@ def test_code_artifacts_load_under_their_own_package(tmp_path: Path) -> None:
     # a node never imports user code into its own processes, allowed or not: only the sandbox
     # runs it (tests/node_agent/test_node_trust.py)
     net = build_model("mymod:build", code=one, trust=trust, **kw)
-    spec = {"model": "mymod:build", "code": one, "input_shape": [FEATURES],
-            "n_classes": CLASSES, "model_kwargs": {}}  # fmt: skip
+    spec = {
+        "model": "mymod:build",
+        "code": one,
+        "input_shape": [FEATURES],
+        "n_classes": CLASSES,
+        "model_kwargs": {},
+    }
     cid = str(store.put_state_dict(net.state_dict(), attrs={pipelines.MODEL_ATTR: spec}))
     assert load_model(store, cid, trust=trust).answer == 1
     with pytest.raises(UntrustedCodeError, match="runs on a node only in the sandbox"):
@@ -274,7 +298,7 @@ def test_code_artifacts_load_under_their_own_package(tmp_path: Path) -> None:
         "helpers.py",
         "layers.py",
         "mymod.py",
-    ]  # fmt: skip, no bytecode
+    ]  # no bytecode
     assert not [p for p in (store.home / "code").iterdir() if p.name.startswith(".")]
     # a modified copy under HOME/code is replaced by the artifact's bytes
     (folder / "helpers.py").write_text("ANSWER = 666\n")
@@ -338,22 +362,32 @@ def test_forged_code_artifacts_are_refused(tmp_path: Path) -> None:
     claims = {CODE_ATTR: {"format": CODE_FORMAT, "files": ["helpers.py", "mymod.py"]}}
     lying = str(store.put_path(folder, attrs=claims))
     before = snapshot(store.home)
-    for cid, why in [(dataset, "not a code artifact"), (traversal, "evil.py"),
-                     (lying, "malformed")]:  # fmt: skip
+    for cid, why in [
+        (dataset, "not a code artifact"),
+        (traversal, "evil.py"),
+        (lying, "malformed"),
+    ]:
         with pytest.raises(CodeArtifactError, match=why):
             code_files(store, cid)
         with pytest.raises(CodeArtifactError, match=why):
             materialise(store, cid)
         with pytest.raises(CodeArtifactError, match=why):
-            build_model("mymod:build", code=cid, input_shape=(FEATURES,), n_classes=CLASSES,
-                        store=store, trust=CodeTrust.of([cid]))  # fmt: skip
+            build_model(
+                "mymod:build",
+                code=cid,
+                input_shape=(FEATURES,),
+                n_classes=CLASSES,
+                store=store,
+                trust=CodeTrust.of([cid]),
+            )
     assert not (tmp_path / "evil.py").exists()
     assert not (store.home / "evil.py").exists()
     assert not (store.home / "code").exists()  # refused before anything was exported
     assert snapshot(store.home) == before
     with pytest.raises(ModelSpecError, match="not a CID"):
-        build_model("mymod:build", code="../../etc", input_shape=(FEATURES,),
-                    n_classes=CLASSES, store=store)  # fmt: skip
+        build_model(
+            "mymod:build", code="../../etc", input_shape=(FEATURES,), n_classes=CLASSES, store=store
+        )
 
 
 def test_the_homes_allow_list(tmp_path: Path) -> None:
@@ -432,13 +466,15 @@ def test_code_artifacts_train_evaluate_infer_through_the_cli(
 
     # not trusted: refused before anything runs, the home unchanged
     before = snapshot(home)
-    one_error(cli(home, "evaluate", "--model", model, "--dataset", data, "--json"),
-              f"--trust-code {code}")  # fmt: skip
+    one_error(
+        cli(home, "evaluate", "--model", model, "--dataset", data, "--json"), f"--trust-code {code}"
+    )
     one_error(cli(home, "infer", "--model", model, "--dataset", data), "--trust-code")
     assert snapshot(home) == before
 
-    ev = ok(cli(home, "evaluate", "--model", model, "--dataset", data, "--trust-code", code,
-                "--json"))  # fmt: skip
+    ev = ok(
+        cli(home, "evaluate", "--model", model, "--dataset", data, "--trust-code", code, "--json")
+    )
     assert ev["cached"] is False
     body = _receipt(home, ev["receipt"])
     assert body["parameters"]["code"] == code
@@ -471,27 +507,56 @@ def test_code_artifacts_train_evaluate_infer_through_the_cli(
     # a local module named on the command line still trains (and nowhere else)
     local = tmp_path / "local"
     local.mkdir()
-    (local / "localnets.py").write_text((folder / "mymod.py").read_text().replace(
-        "from .helpers import ANSWER", "ANSWER = 3"))  # fmt: skip
+    (local / "localnets.py").write_text(
+        (folder / "mymod.py").read_text().replace("from .helpers import ANSWER", "ANSWER = 3")
+    )
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([str(local), os.environ.get("PYTHONPATH", "")])
     )
-    mine = ok(cli(home, "train", "--dataset", data, "--model", "localnets:build", "--epochs",
-                  "1", "--json"))  # fmt: skip
-    one_error(cli(home, "evaluate", "--model", mine["model"], "--dataset", data),
-              "--trust-code localnets:build")  # fmt: skip
-    ok(cli(home, "evaluate", "--model", mine["model"], "--dataset", data, "--trust-code",
-           "localnets:build", "--json"))  # fmt: skip
+    mine = ok(
+        cli(
+            home,
+            "train",
+            "--dataset",
+            data,
+            "--model",
+            "localnets:build",
+            "--epochs",
+            "1",
+            "--json",
+        )
+    )
+    one_error(
+        cli(home, "evaluate", "--model", mine["model"], "--dataset", data),
+        "--trust-code localnets:build",
+    )
+    ok(
+        cli(
+            home,
+            "evaluate",
+            "--model",
+            mine["model"],
+            "--dataset",
+            data,
+            "--trust-code",
+            "localnets:build",
+            "--json",
+        )
+    )
 
     # forged and malformed code: one clear line
-    one_error(cli(home, "train", "--dataset", data, "--code", data, "--model", "m:build"),
-              "not a code artifact")  # fmt: skip
+    one_error(
+        cli(home, "train", "--dataset", data, "--code", data, "--model", "m:build"),
+        "not a code artifact",
+    )
     one_error(cli(home, "train", "--dataset", data, "--code", code), "module:factory")
     (folder / "link.py").symlink_to(folder / "mymod.py")
     one_error(cli(home, "code", "add", str(folder)), "symbolic link")
     one_error(cli(home, "code", "trust", data), "not a code artifact")
-    one_error(cli(home, "evaluate", "--model", model, "--dataset", data, "--trust-code",
-                  "nonsense"), "--trust-code")  # fmt: skip
+    one_error(
+        cli(home, "evaluate", "--model", model, "--dataset", data, "--trust-code", "nonsense"),
+        "--trust-code",
+    )
 
 
 @pytest.mark.xdist_group("prefect")
@@ -500,8 +565,19 @@ def test_federated_training_with_a_code_artifact(tmp_path: Path) -> None:
     home = tmp_path / "home"
     data = _dataset(ArtifactStore(home))
     code = ok(cli(home, "code", "add", str(_code_folder(tmp_path / "code")), "--json"))["cid"]
-    args = ["federated", "--dataset", data, "--clients", "2", "--partition", "iid",
-            "--rounds", "1", "--model", "mymod:build"]  # fmt: skip
+    args = [
+        "federated",
+        "--dataset",
+        data,
+        "--clients",
+        "2",
+        "--partition",
+        "iid",
+        "--rounds",
+        "1",
+        "--model",
+        "mymod:build",
+    ]
     out = ok(cli(home, *args, "--code", code, "--json"))
     spec = ArtifactStore(home).open_artifact(out["model"]).attrs[pipelines.MODEL_ATTR]
     assert (spec["model"], spec["code"]) == ("mymod:build", code)

@@ -17,8 +17,13 @@ from registry.identity import Identity
 
 def _model(store: ArtifactStore, features: int, classes: int) -> str:
     net = build_model("mlp", input_shape=(features,), n_classes=classes, seed=3)
-    spec = {"model": "mlp", "model_kwargs": {}, "input_shape": [features],
-            "n_classes": classes, "seed": 3}  # fmt: skip
+    spec = {
+        "model": "mlp",
+        "model_kwargs": {},
+        "input_shape": [features],
+        "n_classes": classes,
+        "seed": 3,
+    }
     return str(store.put_state_dict(net.state_dict(), attrs={pipelines.MODEL_ATTR: spec}))
 
 

@@ -41,9 +41,14 @@ DEFAULTS = {"model": "mlp", "epochs": 10, "seed": 0, "note": "", "request": None
 
 def _check(request: Any, nonces: NonceStore, **kw: Any) -> dict[str, Any]:
     ran = {**PARAMS, "seed": 0, "request": request}  # as the flow gets them: defaults filled
-    args: dict[str, Any] = {"flow": "train", "node_id": NODE.id, "parameters": ran,
-                            "allowed": {COORD.public_key}, "nonces": nonces,
-                            "defaults": DEFAULTS} | kw  # fmt: skip
+    args: dict[str, Any] = {
+        "flow": "train",
+        "node_id": NODE.id,
+        "parameters": ran,
+        "allowed": {COORD.public_key},
+        "nonces": nonces,
+        "defaults": DEFAULTS,
+    } | kw
     return verify_request(request, **args)
 
 
@@ -91,8 +96,11 @@ def test_requests_for_other_runs_keys_or_times_are_refused(tmp_path: Path) -> No
         return sign_request(kw.pop("identity", COORD), **args)
 
     cases = [
-        (sign_request(Identity.generate(), flow="train", node_id=NODE.id, parameters=PARAMS),
-         {}, "is not allowed on this node"),
+        (
+            sign_request(Identity.generate(), flow="train", node_id=NODE.id, parameters=PARAMS),
+            {},
+            "is not allowed on this node",
+        ),
         (sign(flow="infer"), {}, "for another flow or node"),
         (sign(node_id=COORD.id), {}, "for another flow or node"),
         (sign(), {"parameters": {**PARAMS, "seed": 0, "epochs": 20}}, "differ from the signed"),
@@ -101,7 +109,7 @@ def test_requests_for_other_runs_keys_or_times_are_refused(tmp_path: Path) -> No
         (sign(now=time.time() - 700), {}, "expired"),
         (sign(now=time.time() + 3600), {}, "validity period is not sane"),
         (sign(ttl=10 * 86400), {}, "validity period is not sane"),
-    ]  # fmt: skip
+    ]
     for request, kw, reason in cases:
         with pytest.raises(RunRequestError, match=reason):
             _check(request, nonces, **kw)
@@ -114,8 +122,10 @@ def _use_once(path: str, nonce: str, out: Any) -> None:
 def test_two_processes_cannot_both_use_one_nonce(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_use_once, args=(str(tmp_path / "n.db"), "n" * 32, out))
-             for _ in range(4)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_use_once, args=(str(tmp_path / "n.db"), "n" * 32, out))
+        for _ in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -136,17 +146,31 @@ def test_the_allow_list_is_checked_and_private(tmp_path: Path) -> None:
 
 def test_private_policies(tmp_path: Path) -> None:
     cid = str(ArtifactStore(tmp_path / "s").put_arrays({"x": __import__("numpy").arange(3)}))
-    save_private(tmp_path, {"a": PrivateDataset(cid, "model"), "b": PrivateDataset(cid, "rows"),
-                            "c": PrivateDataset(cid, "aggregate")})  # fmt: skip
+    save_private(
+        tmp_path,
+        {
+            "a": PrivateDataset(cid, "model"),
+            "b": PrivateDataset(cid, "rows"),
+            "c": PrivateDataset(cid, "aggregate"),
+        },
+    )
     assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
     assert load_private(tmp_path)["c"] == PrivateDataset(cid, "aggregate")
-    table = {(p, u): allows(p, u) for p in ("model", "aggregate", "rows")
-             for u in ("train", "evaluate", "infer", "federated")}  # fmt: skip
+    table = {
+        (p, u): allows(p, u)
+        for p in ("model", "aggregate", "rows")
+        for u in ("train", "evaluate", "infer", "federated")
+    }
     assert [k for k, v in table.items() if v] == [
-        ("model", "train"), ("model", "evaluate"), ("model", "federated"),
+        ("model", "train"),
+        ("model", "evaluate"),
+        ("model", "federated"),
         ("aggregate", "federated"),
-        ("rows", "train"), ("rows", "evaluate"), ("rows", "infer"), ("rows", "federated"),
-    ]  # fmt: skip
+        ("rows", "train"),
+        ("rows", "evaluate"),
+        ("rows", "infer"),
+        ("rows", "federated"),
+    ]
     assert resolve_private(tmp_path, "private:b", "infer") == cid
     assert resolve_private(tmp_path, cid, "infer") == cid  # not private: as it is
     errors = []
@@ -184,14 +208,31 @@ def test_lineage_orders_by_what_this_home_recorded_not_by_claimed_times(tmp_path
     # A lying signer's receipt for the same output, claiming to have ended in 2100, stored
     # here (a blob like any other) but never recorded by this home.
     liar = ArtifactStore(tmp_path / "liar")
-    forged = write_receipt(liar, Identity.generate(), task="train", code="1" * 64,
-                           parameters={"evil": True}, inputs=[], outputs=[made],
-                           started=4102444700.0, ended=4102444800.0)  # fmt: skip
+    forged = write_receipt(
+        liar,
+        Identity.generate(),
+        task="train",
+        code="1" * 64,
+        parameters={"evil": True},
+        inputs=[],
+        outputs=[made],
+        started=4102444700.0,
+        ended=4102444800.0,
+    )
     store.put_record(liar.get_record(forged.cid))
     time.sleep(0.05)
     now = time.time()
-    honest = write_receipt(store, NODE, task="train", code="0" * 64, parameters={}, inputs=[],
-                           outputs=[made], started=now, ended=now)  # fmt: skip
+    honest = write_receipt(
+        store,
+        NODE,
+        task="train",
+        code="0" * 64,
+        parameters={},
+        inputs=[],
+        outputs=[made],
+        started=now,
+        ended=now,
+    )
     assert lineage(store, made)["produced_by"]["receipt"] == str(honest.cid)
     # Neither recorded (a journal lost, say): the claimed time counts no later than when the
     # receipt was stored here, so 2100 still does not win.

@@ -154,8 +154,15 @@ def test_no_secrets_no_writes_outside_the_job(
     settings: SandboxSettings, home: Path, job_dir: Path, tmp_path: Path
 ) -> None:
     src = Path(__file__).resolve().parents[2]
-    targets = [home / "token", home / "keys" / "node.pem", home / "planted", src / "flows" / "x.py",
-               tmp_path / "outside", Path("/etc/planted"), Path("/usr/planted")]  # fmt: skip
+    targets = [
+        home / "token",
+        home / "keys" / "node.pem",
+        home / "planted",
+        src / "flows" / "x.py",
+        tmp_path / "outside",
+        Path("/etc/planted"),
+        Path("/usr/planted"),
+    ]
     r = _py(
         f"""
         import os
@@ -335,9 +342,11 @@ def test_no_backend_refuses_and_runs_nothing(
     assert not marker.exists()
     with pytest.raises(SandboxUnavailableError):
         run_model_job(
-            {**_JOB, "op": "predict"}, {"x": np.zeros((2, 6), np.float32)},
-            code_dir=_code(tmp_path), work_dir=home / "tmp",
-        )  # fmt: skip
+            {**_JOB, "op": "predict"},
+            {"x": np.zeros((2, 6), np.float32)},
+            code_dir=_code(tmp_path),
+            work_dir=home / "tmp",
+        )
     assert sorted(p.name for p in (home / "tmp").iterdir()) == ["job-1"]  # no job folder made
     missing = SandboxSettings(backend="bwrap", bwrap="/nonexistent/bwrap")
     with pytest.raises(SandboxUnavailableError, match="bwrap: not installed"):
@@ -354,9 +363,16 @@ def build(input_shape, n_classes, hidden=16):
                          nn.Dropout(0.1), nn.Linear(hidden, n_classes))
 """
 _JOB = {
-    "module": "tinynet", "factory": "build", "input_shape": [6], "n_classes": 3,
-    "model_kwargs": {"hidden": 16}, "seed": 7, "epochs": 3, "batch_size": 16, "lr": 0.01,
-}  # fmt: skip
+    "module": "tinynet",
+    "factory": "build",
+    "input_shape": [6],
+    "n_classes": 3,
+    "model_kwargs": {"hidden": 16},
+    "seed": 7,
+    "epochs": 3,
+    "batch_size": 16,
+    "lr": 0.01,
+}
 
 
 def _code(tmp_path: Path, source: str = _NET) -> Path:
@@ -376,8 +392,9 @@ def _data() -> tuple[np.ndarray, np.ndarray]:
 def _reference_model(code: Path, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
     """The same model built in this process, from the same folder (as the worker does)."""
     factory = load_factory(code, "tinynet", "build")
-    return build_model("tinynet:build", input_shape=(6,), n_classes=3, seed=7, factory=factory,
-                       hidden=16)  # fmt: skip
+    return build_model(
+        "tinynet:build", input_shape=(6,), n_classes=3, seed=7, factory=factory, hidden=16
+    )
 
 
 def test_train_evaluate_predict_match_unsandboxed(
@@ -389,8 +406,14 @@ def test_train_evaluate_predict_match_unsandboxed(
     trained = run_model_job({**_JOB, "op": "train"}, {"x": x, "y": y}, **kw)  # type: ignore[arg-type]
 
     ref_model = _reference_model(code, monkeypatch)
-    ref = train_model(ref_model, x, y, TrainConfig(epochs=3, batch_size=16, lr=0.01, seed=7),
-                      n_classes=3, device="cpu")  # fmt: skip
+    ref = train_model(
+        ref_model,
+        x,
+        y,
+        TrainConfig(epochs=3, batch_size=16, lr=0.01, seed=7),
+        n_classes=3,
+        device="cpu",
+    )
     assert trained.state_dict is not None
     assert trained.state_dict.keys() == ref.state_dict.keys()
     for name, tensor in ref.state_dict.items():
@@ -423,9 +446,12 @@ def test_failing_user_code_is_a_clear_job_error(
     code = _code(tmp_path, "def build(input_shape, n_classes):\n    raise RuntimeError('boom')\n")
     with pytest.raises(SandboxJobError) as info:
         run_model_job(
-            {**_JOB, "op": "predict", "model_kwargs": {}}, {"x": np.zeros((4, 6), np.float32)},
-            code_dir=code, work_dir=home / "tmp", settings=settings,
-        )  # fmt: skip
+            {**_JOB, "op": "predict", "model_kwargs": {}},
+            {"x": np.zeros((4, 6), np.float32)},
+            code_dir=code,
+            work_dir=home / "tmp",
+            settings=settings,
+        )
     assert "ModelSpecError" in info.value.reason
     assert "boom" in info.value.reason
     assert list((home / "tmp").iterdir()) == []
@@ -437,10 +463,13 @@ def test_job_killed_at_a_limit_says_so(
     code = _code(tmp_path, "import time\ntime.sleep(120)\ndef build(**kw): pass\n")
     with pytest.raises(SandboxJobError) as info:
         run_model_job(
-            {**_JOB, "op": "predict"}, {"x": np.zeros((4, 6), np.float32)},
-            code_dir=code, work_dir=home / "tmp", settings=settings,
+            {**_JOB, "op": "predict"},
+            {"x": np.zeros((4, 6), np.float32)},
+            code_dir=code,
+            work_dir=home / "tmp",
+            settings=settings,
             limits=SandboxLimits(wall_seconds=5.0),
-        )  # fmt: skip
+        )
     assert info.value.reason == "timeout"
     assert list((home / "tmp").iterdir()) == []
 

@@ -269,8 +269,15 @@ def test_host_header_is_checked(tmp_path: Path) -> None:
         serve_blobs(store, allowed_hosts=["node.example"]) as n,
         httpx.Client(base_url=n.url) as client,
     ):
-        bad = ("evil.example", "evil.example:80", "127.0.0.1.evil.example", "a:b:c", "[::1", "",
-               "node.example.evil")  # fmt: skip
+        bad = (
+            "evil.example",
+            "evil.example:80",
+            "127.0.0.1.evil.example",
+            "a:b:c",
+            "[::1",
+            "",
+            "node.example.evil",
+        )
         for host in bad:
             resp = client.get("/v1/health", headers={"Host": host})
             assert resp.status_code == 400, host

@@ -28,9 +28,10 @@ pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
 def copies(cluster: dict[str, Any], cid: str) -> list[str]:
     """The nodes whose blob folder holds ``cid`` (read from disk, not over HTTP)."""
     return [
-        n["name"] for n in cluster["nodes"]
+        n["name"]
+        for n in cluster["nodes"]
         if (Path(n["home"]) / "blobs" / cid[-3:-1] / cid).exists()
-    ]  # fmt: skip
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     private = tmp_path_factory.mktemp("private") / "mine.npz"
     rng = np.random.default_rng(1)
     np.savez(private, x=rng.normal(size=(120, 8)).astype(np.float32), y=np.arange(120) % 3)
-    out = ok(cli(home, "cluster", "up", "--nodes", "3", "--home", str(home),
-                 "--private", f"node-1:secret={private}", "--json", timeout=240))  # fmt: skip
+    out = ok(
+        cli(
+            home,
+            "cluster",
+            "up",
+            "--nodes",
+            "3",
+            "--home",
+            str(home),
+            "--private",
+            f"node-1:secret={private}",
+            "--json",
+            timeout=240,
+        )
+    )
     out["home"] = home
     try:
         yield out
@@ -149,17 +163,39 @@ def test_flows_run_on_a_chosen_node_and_private_data_stays_there(
 ) -> None:
     home = cluster["home"]
     assert cli(home, "key", "new").returncode == 0
-    pub = ok(cli(home, "publish", "sklearn:digits", "--name", "demo/digits", "--version", "1.0.0",
-                 "--json"))  # fmt: skip
-    trained = ok(cli(home, "train", "--dataset", "demo/digits", "--model", "mlp",
-                     "--epochs", "3", "--seed", "0", "--json"))  # fmt: skip
+    pub = ok(
+        cli(
+            home,
+            "publish",
+            "sklearn:digits",
+            "--name",
+            "demo/digits",
+            "--version",
+            "1.0.0",
+            "--json",
+        )
+    )
+    trained = ok(
+        cli(
+            home,
+            "train",
+            "--dataset",
+            "demo/digits",
+            "--model",
+            "mlp",
+            "--epochs",
+            "3",
+            "--seed",
+            "0",
+            "--json",
+        )
+    )
     assert trained["node"] in {"node-1", "node-2", "node-3"}
     assert "chose" in trained["scheduling"]
     assert len(copies(cluster, trained["model"])) >= 2  # on the cluster (+ the node's cache)
     lineage = ok(cli(home, "lineage", trained["model"], "--json"))
     assert lineage["produced_by"]["inputs"][0]["cid"] == pub["cid"]
-    ev = ok(cli(home, "evaluate", "--model", trained["model"], "--dataset", pub["cid"],
-                "--json"))  # fmt: skip
+    ev = ok(cli(home, "evaluate", "--model", trained["model"], "--dataset", pub["cid"], "--json"))
     assert 0.5 < ev["metrics"]["accuracy"] <= 1.0
 
     # The private dataset: trains on node-1 only; its blobs are never served or replicated.
@@ -170,14 +206,39 @@ def test_flows_run_on_a_chosen_node_and_private_data_stays_there(
     assert oct(secret_file.stat().st_mode & 0o777) == "0o400"  # its owner's only
     for node in cluster["nodes"]:
         assert httpx.get(f"{node['url']}/v1/blobs/{secret}", timeout=5).status_code == 404
-    mine = ok(cli(home, "train", "--dataset", "private:secret", "--node", "node-1",
-                  "--model", "logreg", "--epochs", "1", "--json"))  # fmt: skip
+    mine = ok(
+        cli(
+            home,
+            "train",
+            "--dataset",
+            "private:secret",
+            "--node",
+            "node-1",
+            "--model",
+            "logreg",
+            "--epochs",
+            "1",
+            "--json",
+        )
+    )
     assert mine["node"] == "node-1"
     assert len(copies(cluster, mine["model"])) >= 2
     assert copies(cluster, secret) == ["node-1"]
-    one_error(cli(home, "train", "--dataset", "private:secret", "--node", "node-2",
-                  "--model", "logreg", "--epochs", "1"),
-              "private dataset 'secret' is not available for train on this node")  # fmt: skip
+    one_error(
+        cli(
+            home,
+            "train",
+            "--dataset",
+            "private:secret",
+            "--node",
+            "node-2",
+            "--model",
+            "logreg",
+            "--epochs",
+            "1",
+        ),
+        "private dataset 'secret' is not available for train on this node",
+    )
 
 
 def test_a_killed_node_fails_over_and_repair_restores_r(
@@ -205,8 +266,7 @@ def test_a_killed_node_fails_over_and_repair_restores_r(
     live = [n for n in cluster["nodes"] if n is not victim]
     alive = {n["name"] for n in live}
     assert set(copies(cluster, added["cid"])) & alive == alive  # both live nodes hold it now
-    status = ok(cli(cluster["home"], "cluster", "status", "--home", str(cluster["home"]),
-                    "--json"))  # fmt: skip
+    status = ok(cli(cluster["home"], "cluster", "status", "--home", str(cluster["home"]), "--json"))
     assert {n["name"]: n["status"] for n in status["nodes"]}[victim["name"]] == "down"
 
 

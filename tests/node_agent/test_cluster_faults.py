@@ -113,13 +113,29 @@ class Node:
 
     # -- process control ------------------------------------------------------------------------
     def spawn(self) -> None:
-        cmd = [sys.executable, "-m", "cidflow", "node", "start", "--name", self.name,
-               "--home", str(self.home), "--port", str(self.port), *self.extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "cidflow",
+            "node",
+            "start",
+            "--name",
+            self.name,
+            "--home",
+            str(self.home),
+            "--port",
+            str(self.port),
+            *self.extra,
+        ]
         with open(self.home / "node.log", "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=_clean_env(), start_new_session=True,
-            )  # fmt: skip
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_clean_env(),
+                start_new_session=True,
+            )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

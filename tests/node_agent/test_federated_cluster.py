@@ -36,19 +36,57 @@ CLIENTS = ["--client", "node-1", "--client", "node-2", "--client", "node-3"]
 def fed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     scratch = tmp_path_factory.mktemp("scratch")
     assert cli(scratch, "key", "new").returncode == 0
-    pub = ok(cli(scratch, "publish", "sklearn:digits", "--name", "demo/digits", "--version",
-                 "1.0.0", "--json"))  # fmt: skip
-    parts = write_client_parts(ArtifactStore(scratch, read_only=True), pub["cid"], 3,
-                               "dirichlet:0.5", 0, tmp_path_factory.mktemp("private"))  # fmt: skip
+    pub = ok(
+        cli(
+            scratch,
+            "publish",
+            "sklearn:digits",
+            "--name",
+            "demo/digits",
+            "--version",
+            "1.0.0",
+            "--json",
+        )
+    )
+    parts = write_client_parts(
+        ArtifactStore(scratch, read_only=True),
+        pub["cid"],
+        3,
+        "dirichlet:0.5",
+        0,
+        tmp_path_factory.mktemp("private"),
+    )
     home = tmp_path_factory.mktemp("fedcluster")
     private = [a for k, p in enumerate(parts, 1) for a in ("--private", f"node-{k}:federated={p}")]
-    out = ok(cli(home, "cluster", "up", "--nodes", "3", "--home", str(home), *private, "--json",
-                 timeout=240))  # fmt: skip
+    out = ok(
+        cli(
+            home,
+            "cluster",
+            "up",
+            "--nodes",
+            "3",
+            "--home",
+            str(home),
+            *private,
+            "--json",
+            timeout=240,
+        )
+    )
     out["home"] = home
     try:
         assert cli(home, "key", "new").returncode == 0
-        again = ok(cli(home, "publish", "sklearn:digits", "--name", "demo/digits", "--version",
-                       "1.0.0", "--json"))  # fmt: skip
+        again = ok(
+            cli(
+                home,
+                "publish",
+                "sklearn:digits",
+                "--name",
+                "demo/digits",
+                "--version",
+                "1.0.0",
+                "--json",
+            )
+        )
         assert again["cid"] == pub["cid"]
         out["dataset"] = pub["cid"]
         yield out
@@ -63,8 +101,23 @@ def _node_pid(cluster: dict[str, Any], name: str) -> int:
 def test_fedavg_on_private_parts_reaches_090(fed_cluster: dict[str, Any], tmp_path: Path) -> None:
     home = fed_cluster["home"]
     plot = tmp_path / "curve.png"
-    out = ok(cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "4",
-                 "--seed", "0", "--plot", str(plot), "--json", timeout=600))  # fmt: skip
+    out = ok(
+        cli(
+            home,
+            "federated",
+            "--dataset",
+            "demo/digits",
+            *CLIENTS,
+            "--rounds",
+            "4",
+            "--seed",
+            "0",
+            "--plot",
+            str(plot),
+            "--json",
+            timeout=600,
+        )
+    )
     history = out["history"]
     assert [h["round"] for h in history] == [1, 2, 3, 4]
     assert max(h["accuracy"] for h in history) >= 0.90
@@ -88,8 +141,9 @@ def test_fedavg_on_private_parts_reaches_090(fed_cluster: dict[str, Any], tmp_pa
         assert len(holders) == 1
         # The private part's root blob is on its own node only: it never travelled.
         others = [n for n in fed_cluster["nodes"] if n["name"] != node["name"]]
-        assert all(not (Path(o["home"]) / "blobs" / secret[-3:-1] / secret).exists()
-                   for o in others)  # fmt: skip
+        assert all(
+            not (Path(o["home"]) / "blobs" / secret[-3:-1] / secret).exists() for o in others
+        )
     tree = ok(cli(home, "lineage", out["model"], "--json"))
     assert tree["produced_by"]["task"] == "fed-aggregate"
     assert '"fed-client"' in json.dumps(tree)
@@ -99,8 +153,22 @@ def test_secure_aggregation_on_the_cluster_gives_the_same_curve(
     fed_cluster: dict[str, Any],
 ) -> None:
     home = fed_cluster["home"]
-    out = ok(cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "2",
-                 "--seed", "0", "--secure", "--json", timeout=600))  # fmt: skip
+    out = ok(
+        cli(
+            home,
+            "federated",
+            "--dataset",
+            "demo/digits",
+            *CLIENTS,
+            "--rounds",
+            "2",
+            "--seed",
+            "0",
+            "--secure",
+            "--json",
+            timeout=600,
+        )
+    )
     assert out["secure"] is True
     plain = fed_cluster.get("plain")
     if plain is not None:  # exact sums: the same accuracies as the plain run, to float noise
@@ -131,9 +199,25 @@ def test_a_stopped_node_is_a_straggler_and_its_late_update_is_discarded(
     resume = threading.Thread(target=resume_after_round_one, daemon=True)
     resume.start()
     try:
-        out = ok(cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "5",
-                     "--seed", "3", "--round-timeout", "20", "--min-clients", "2", "--json",
-                     timeout=900))  # fmt: skip
+        out = ok(
+            cli(
+                home,
+                "federated",
+                "--dataset",
+                "demo/digits",
+                *CLIENTS,
+                "--rounds",
+                "5",
+                "--seed",
+                "3",
+                "--round-timeout",
+                "20",
+                "--min-clients",
+                "2",
+                "--json",
+                timeout=900,
+            )
+        )
     finally:
         done.set()
         resume.join()
@@ -162,14 +246,26 @@ def test_a_coordinator_killed_mid_run_resumes_from_its_last_round(
     fed_cluster: dict[str, Any],
 ) -> None:
     home = fed_cluster["home"]
-    args = ["federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "3", "--seed", "7",
-            "--json"]  # fmt: skip
+    args = [
+        "federated",
+        "--dataset",
+        "demo/digits",
+        *CLIENTS,
+        "--rounds",
+        "3",
+        "--seed",
+        "7",
+        "--json",
+    ]
     before = _aggregations(home)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CIDFLOW_"))}
     coordinator = subprocess.Popen(
-        [sys.executable, "-m", "cidflow", "--home", str(home), *args], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "cidflow", "--home", str(home), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while _aggregations(home) == before and coordinator.poll() is None:
@@ -228,8 +324,23 @@ def test_a_dead_warm_client_is_restarted_and_the_node_answers_again(
         time.sleep(0.2)
     log = (home / "logs" / "node-2.log").read_text()
     assert f"warm flows child exited with code {-signal.SIGKILL}; restarting" in log
-    out = ok(cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "1",
-                 "--seed", "11", "--round-timeout", "120", "--json", timeout=600))  # fmt: skip
+    out = ok(
+        cli(
+            home,
+            "federated",
+            "--dataset",
+            "demo/digits",
+            *CLIENTS,
+            "--rounds",
+            "1",
+            "--seed",
+            "11",
+            "--round-timeout",
+            "120",
+            "--json",
+            timeout=600,
+        )
+    )
     (row,) = out["history"]
     assert row["clients"] == 3
     assert not row["missing"]
@@ -237,8 +348,13 @@ def test_a_dead_warm_client_is_restarted_and_the_node_answers_again(
 
 
 def _aggregated_models(store: Any) -> list[str]:
-    return [out for rs in receipt_index(store).values() for r in rs
-            if r.body["task"] == "fed-aggregate" for out in r.body["outputs"]]  # fmt: skip
+    return [
+        out
+        for rs in receipt_index(store).values()
+        for r in rs
+        if r.body["task"] == "fed-aggregate"
+        for out in r.body["outputs"]
+    ]
 
 
 def test_too_few_answers_fail_cleanly_and_bad_clients_are_refused(
@@ -249,23 +365,51 @@ def test_too_few_answers_fail_cleanly_and_bad_clients_are_refused(
     pid = _node_pid(fed_cluster, "node-3")
     os.killpg(pid, signal.SIGSTOP)  # not a short timeout: warm clients answer in well under 1 s
     try:
-        failed = cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--rounds", "2",
-                     "--seed", "5", "--round-timeout", "3", "--min-clients", "3")  # fmt: skip
+        failed = cli(
+            home,
+            "federated",
+            "--dataset",
+            "demo/digits",
+            *CLIENTS,
+            "--rounds",
+            "2",
+            "--seed",
+            "5",
+            "--round-timeout",
+            "3",
+            "--min-clients",
+            "3",
+        )
     finally:
         os.killpg(pid, signal.SIGCONT)
     one_error(failed, "min_clients is 3")
     assert "no model published" in failed.stderr
     assert "node-3: no answer within 3s" in failed.stderr
-    one_error(cli(home, "federated", "--dataset", "demo/digits", "--client", "node-9"),
-              "no node 'node-9'")  # fmt: skip
-    one_error(cli(home, "federated", "--dataset", "demo/digits", "--client", "node-1",
-                  "--client", "node-1"), "one client only")  # fmt: skip
-    one_error(cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--byzantine", "1"),
-              "simulation settings")  # fmt: skip
+    one_error(
+        cli(home, "federated", "--dataset", "demo/digits", "--client", "node-9"), "no node 'node-9'"
+    )
+    one_error(
+        cli(
+            home,
+            "federated",
+            "--dataset",
+            "demo/digits",
+            "--client",
+            "node-1",
+            "--client",
+            "node-1",
+        ),
+        "one client only",
+    )
+    one_error(
+        cli(home, "federated", "--dataset", "demo/digits", *CLIENTS, "--byzantine", "1"),
+        "simulation settings",
+    )
     assert _aggregations(home) == before  # no round of the failed run was aggregated
 
 
 def _aggregations(home: Path) -> int:
     store = open_store(home, read_only=True)
-    return sum(1 for rs in receipt_index(store).values() for r in rs
-               if r.body["task"] == "fed-aggregate")  # fmt: skip
+    return sum(
+        1 for rs in receipt_index(store).values() for r in rs if r.body["task"] == "fed-aggregate"
+    )

@@ -34,11 +34,24 @@ def test_max_blob_from_the_environment_and_the_flag(tmp_path: Path) -> None:
     port = _port()
     home = tmp_path / "node"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cidflow", "node", "start", "--name", "small", "--home",
-         str(home), "--max-blob", "1MiB"],
-        env=_env(CIDFLOW_NODE_PORT=str(port)), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cidflow",
+            "node",
+            "start",
+            "--name",
+            "small",
+            "--home",
+            str(home),
+            "--max-blob",
+            "1MiB",
+        ],
+        env=_env(CIDFLOW_NODE_PORT=str(port)),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = f"http://127.0.0.1:{port}"  # the port came from CIDFLOW_NODE_PORT
         deadline = time.monotonic() + 60
@@ -55,8 +68,12 @@ def test_max_blob_from_the_environment_and_the_flag(tmp_path: Path) -> None:
         assert info["max_blob"] == 1 << 20
         token = (home / "token").read_text().strip()
         big = os.urandom((1 << 20) + 1)
-        answer = httpx.put(f"{url}/v1/blobs/{compute_cid(big)}", content=big, timeout=30,
-                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        answer = httpx.put(
+            f"{url}/v1/blobs/{compute_cid(big)}",
+            content=big,
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert answer.status_code == 413
         assert not any((home / "blobs").rglob("b*"))
         assert not list((home / "tmp").glob("*.incomplete"))  # the refused upload left nothing
@@ -77,8 +94,11 @@ def test_max_blob_from_the_environment_and_the_flag(tmp_path: Path) -> None:
 def test_bad_options_fail_with_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cidflow", "node", "start", "--home", str(tmp_path / "n"), *args],
-        env=_env(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -98,11 +118,25 @@ def test_a_registry_password_stays_out_of_ps_and_the_log(tmp_path: Path) -> None
         extra = ["--registry-file", str(url_file)] if how == "file" else []
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cidflow", "node", "start", "--name", "n", "--home",
-                 str(tmp_path / how), "--port", str(_port()), *extra],
+                [
+                    sys.executable,
+                    "-m",
+                    "cidflow",
+                    "node",
+                    "start",
+                    "--name",
+                    "n",
+                    "--home",
+                    str(tmp_path / how),
+                    "--port",
+                    str(_port()),
+                    *extra,
+                ],
                 env=_env(**({"CIDFLOW_NODE_REGISTRY": url} if how == "env" else {})),
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             cmdline = b""
             deadline = time.monotonic() + 10
@@ -120,10 +154,24 @@ def test_a_registry_password_stays_out_of_ps_and_the_log(tmp_path: Path) -> None
     assert "connection" in text.lower()  # it failed on the registry, as expected
     assert secret not in text
     refused = subprocess.run(
-        [sys.executable, "-m", "cidflow", "node", "start", "--name", "n", "--home",
-         str(tmp_path / "cli"), "--registry", url],
-        env=_env(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cidflow",
+            "node",
+            "start",
+            "--name",
+            "n",
+            "--home",
+            str(tmp_path / "cli"),
+            "--registry",
+            url,
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode != 0
     assert "CIDFLOW_NODE_REGISTRY" in refused.stderr
     assert secret not in refused.stdout + refused.stderr

@@ -34,12 +34,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     data = tmp_path_factory.mktemp("owner")
     rng = np.random.default_rng(7)
     for name in ("secret", "pooled"):
-        np.savez(data / f"{name}.npz", x=rng.normal(size=(90, 6)).astype(np.float32),
-                 y=np.arange(90) % 3)  # fmt: skip
-    out = ok(cli(home, "cluster", "up", "--nodes", "2", "--home", str(home),
-                 "--private", f"node-1:secret={data / 'secret.npz'}",
-                 "--private", f"node-1:pooled={data / 'pooled.npz'}",
-                 "--policy", "node-1:pooled=aggregate", "--json", timeout=240))  # fmt: skip
+        np.savez(
+            data / f"{name}.npz", x=rng.normal(size=(90, 6)).astype(np.float32), y=np.arange(90) % 3
+        )
+    out = ok(
+        cli(
+            home,
+            "cluster",
+            "up",
+            "--nodes",
+            "2",
+            "--home",
+            str(home),
+            "--private",
+            f"node-1:secret={data / 'secret.npz'}",
+            "--private",
+            f"node-1:pooled={data / 'pooled.npz'}",
+            "--policy",
+            "node-1:pooled=aggregate",
+            "--json",
+            timeout=240,
+        )
+    )
     out["home"] = home
     out["doc"] = json.loads((home / "cluster.json").read_text())
     try:
@@ -64,8 +80,9 @@ def _run(cluster: dict[str, Any], flow: str, node: str, parameters: dict[str, An
     with httpx.Client(base_url=api, auth=auth, timeout=30) as http:
         dep = http.get(f"/deployments/name/{flow}/{node}").json()
         for _ in range(10):  # a busy SQLite server answers 503 now and then: Prefect retries
-            made = http.post(f"/deployments/{dep['id']}/create_flow_run",
-                             json={"parameters": parameters})  # fmt: skip
+            made = http.post(
+                f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}
+            )
             if made.status_code != 503:
                 break
             time.sleep(1)
@@ -80,8 +97,14 @@ def _run(cluster: dict[str, Any], flow: str, node: str, parameters: dict[str, An
     raise AssertionError(f"flow run {run_id} did not finish")
 
 
-def _signed(cluster: dict[str, Any], flow: str, node: str, params: dict[str, Any],
-            identity: Identity | None = None, **kw: Any) -> dict[str, Any]:  # fmt: skip
+def _signed(
+    cluster: dict[str, Any],
+    flow: str,
+    node: str,
+    params: dict[str, Any],
+    identity: Identity | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     signer = identity or Identity.load(cluster["home"], "coordinator")
     node_id = cluster["doc"]["node_ids"][node]
     request = sign_request(signer, flow=flow, node_id=node_id, parameters=params, **kw)
@@ -104,8 +127,10 @@ def test_the_prefect_api_refuses_requests_without_its_credentials(cluster: dict[
         assert answer.status_code in (401, 403)
         made = httpx.post(f"{api}/flow_runs/", json={"flow_id": "x"}, auth=auth, timeout=5)
         assert made.status_code in (401, 403)
-    assert httpx.post(f"{api}/deployments/filter", json={}, auth=_auth(cluster),
-                      timeout=5).status_code == 200  # fmt: skip
+    assert (
+        httpx.post(f"{api}/deployments/filter", json={}, auth=_auth(cluster), timeout=5).status_code
+        == 200
+    )
     auth_file = cluster["home"] / "prefect-auth"
     assert auth_file.stat().st_mode & 0o777 == 0o600
     secret = auth_file.read_text().strip().partition(":")[2]
@@ -172,23 +197,76 @@ def test_private_data_leaves_only_as_its_owner_allows(cluster: dict[str, Any]) -
     assert private["secret"]["policy"] == "model"
     assert private["pooled"]["policy"] == "aggregate"
     assert (_node_home(cluster, "node-1") / "private.json").stat().st_mode & 0o777 == 0o600
-    trained = ok(cli(home, "train", "--dataset", "private:secret", "--node", "node-1",
-                     "--model", "logreg", "--epochs", "2", "--json"))  # fmt: skip
+    trained = ok(
+        cli(
+            home,
+            "train",
+            "--dataset",
+            "private:secret",
+            "--node",
+            "node-1",
+            "--model",
+            "logreg",
+            "--epochs",
+            "2",
+            "--json",
+        )
+    )
     # aggregate metrics may leave a 'model' dataset
-    ok(cli(home, "evaluate", "--model", trained["model"], "--dataset", "private:secret",
-           "--node", "node-1", "--json"))  # fmt: skip
+    ok(
+        cli(
+            home,
+            "evaluate",
+            "--model",
+            trained["model"],
+            "--dataset",
+            "private:secret",
+            "--node",
+            "node-1",
+            "--json",
+        )
+    )
     before = _state_of_node(cluster, "node-1")
     # predictions are rows: crafted weights would turn them into the features themselves
-    refused = cli(home, "infer", "--model", trained["model"], "--dataset", "private:secret",
-                  "--node", "node-1", "--json")  # fmt: skip
+    refused = cli(
+        home,
+        "infer",
+        "--model",
+        trained["model"],
+        "--dataset",
+        "private:secret",
+        "--node",
+        "node-1",
+        "--json",
+    )
     one_error(refused, "private dataset 'secret' is not available for infer on this node")
     # an 'aggregate' dataset lets out only federated updates: no trained model
-    refused = cli(home, "train", "--dataset", "private:pooled", "--node", "node-1",
-                  "--model", "logreg", "--epochs", "1", "--json")  # fmt: skip
+    refused = cli(
+        home,
+        "train",
+        "--dataset",
+        "private:pooled",
+        "--node",
+        "node-1",
+        "--model",
+        "logreg",
+        "--epochs",
+        "1",
+        "--json",
+    )
     one_error(refused, "private dataset 'pooled' is not available for train on this node")
     # a name the node does not hold: the same error, naming nothing the node holds
-    missing = cli(home, "train", "--dataset", "private:nothing", "--node", "node-1",
-                  "--model", "logreg", "--json")  # fmt: skip
+    missing = cli(
+        home,
+        "train",
+        "--dataset",
+        "private:nothing",
+        "--node",
+        "node-1",
+        "--model",
+        "logreg",
+        "--json",
+    )
     one_error(missing, "private dataset 'nothing' is not available for train on this node")
     assert "secret" not in missing.stderr
     assert "pooled" not in missing.stderr
@@ -204,12 +282,24 @@ def _answer(cluster: dict[str, Any], signer: Identity, **body: Any) -> tuple[Any
     outputs = body.pop("outputs")
     scratch = ArtifactStore(Path(tempfile.mkdtemp(dir=cluster["home"].parent)))
     receipt = write_receipt(
-        scratch, signer, task="train", code="0" * 64, parameters=body.pop("parameters"),
-        inputs=[], outputs=outputs, started=started, ended=ended,
-    )  # fmt: skip
+        scratch,
+        signer,
+        task="train",
+        code="0" * 64,
+        parameters=body.pop("parameters"),
+        inputs=[],
+        outputs=outputs,
+        started=started,
+        ended=ended,
+    )
     store.put_record(scratch.get_record(receipt.cid))
-    result = {"model": outputs[0], "metrics": {}, "receipt": str(receipt.cid),
-              "node_id": signer.id, "cached": False}  # fmt: skip
+    result = {
+        "model": outputs[0],
+        "metrics": {},
+        "receipt": str(receipt.cid),
+        "node_id": signer.id,
+        "cached": False,
+    }
     return store, result
 
 
@@ -218,8 +308,23 @@ def test_answers_bind_to_the_node_they_were_sent_to(cluster: dict[str, Any]) -> 
     coordinator = Coordinator.for_home(home)
     node1 = Identity.load(_node_home(cluster, "node-1"), "node")
     node2 = Identity.load(_node_home(cluster, "node-2"), "node")
-    honest = ok(cli(home, "train", "--dataset", "private:secret", "--node", "node-1",
-                    "--model", "logreg", "--epochs", "1", "--seed", "5", "--json"))  # fmt: skip
+    honest = ok(
+        cli(
+            home,
+            "train",
+            "--dataset",
+            "private:secret",
+            "--node",
+            "node-1",
+            "--model",
+            "logreg",
+            "--epochs",
+            "1",
+            "--seed",
+            "5",
+            "--json",
+        )
+    )
     made = honest["model"]  # trained with seed 5
     spec = open_store(home).open_artifact(made).attrs["cidflow.model"]
     params = {"dataset": "private:secret", "model": "logreg", "epochs": 1, "seed": 5}
@@ -243,13 +348,19 @@ def test_answers_bind_to_the_node_they_were_sent_to(cluster: dict[str, Any]) -> 
     ]
     for signer, changes, outputs, reason in cases:
         times = {k: changes.pop(k) for k in ("started", "ended") if k in changes}
-        store, result = _answer(cluster, signer, outputs=outputs, started=times.get(
-            "started", sent + 1), parameters={**on_node, **changes}, **(
-            {"ended": times["ended"]} if "ended" in times else {}))  # fmt: skip
+        store, result = _answer(
+            cluster,
+            signer,
+            outputs=outputs,
+            started=times.get("started", sent + 1),
+            parameters={**on_node, **changes},
+            **({"ended": times["ended"]} if "ended" in times else {}),
+        )
         asked = {**params, **{k: v for k, v in changes.items() if k == "seed"}}
         with pytest.raises(RemoteRunError, match=reason):
-            verify_answer(store, coordinator, "node-1", "train", asked, result, sent=sent,
-                          private=["dataset"])  # fmt: skip
+            verify_answer(
+                store, coordinator, "node-1", "train", asked, result, sent=sent, private=["dataset"]
+            )
     assert journal.read_bytes() == before  # nothing refused was recorded for lineage
     # the honest answer's receipt names node-1's registered id
     assert ok(cli(home, "lineage", made, "--json"))["produced_by"]["node"] == node1.id
@@ -312,16 +423,33 @@ def test_user_code_runs_on_a_node_only_allowed_approved_and_sandboxed(
     url = next(n["url"] for n in cluster["nodes"] if n["name"] == "node-1")
     (code_dir / "probe.py").write_text(PROBE.format(token=str(node1 / "token"), url=url))
     code = ok(cli(home, "code", "add", str(code_dir), "--json"))["cid"]
-    train = ["train", "--dataset", "private:secret", "--node", "node-1", "--code", code,
-             "--model", "probe:build", "--epochs", "1", "--seed", "2", "--json"]  # fmt: skip
+    train = [
+        "train",
+        "--dataset",
+        "private:secret",
+        "--node",
+        "node-1",
+        "--code",
+        code,
+        "--model",
+        "probe:build",
+        "--epochs",
+        "1",
+        "--seed",
+        "2",
+        "--json",
+    ]
     before = _state_of_node(cluster, "node-1")
     # not on the operator's allow-list: refused on the node, nothing imported there
-    one_error(cli(home, *train), f"is not allowed on this node: its operator allows code with "
-                                 f"'cidflow node allow {code}'")  # fmt: skip
+    one_error(
+        cli(home, *train),
+        f"is not allowed on this node: its operator allows code with 'cidflow node allow {code}'",
+    )
     assert ok(cli(home, "node", "allow", code, "--home", str(node1), "--json"))["changed"]
     # allowed by the operator, not yet approved by the private dataset's owner
-    one_error(cli(home, *train),
-              f"private dataset 'secret' is not available for train with code {code}")  # fmt: skip
+    one_error(
+        cli(home, *train), f"private dataset 'secret' is not available for train with code {code}"
+    )
     assert _state_of_node(cluster, "node-1") == before
     assert not (node1 / "code").exists()  # never even materialised
     ok(cli(home, "node", "approve", "secret", code, "--home", str(node1), "--json"))
@@ -336,11 +464,35 @@ def test_user_code_runs_on_a_node_only_allowed_approved_and_sandboxed(
     assert code in [i["cid"] for i in receipt["inputs"]]
     assert receipt["parameters"]["code"] == code
     # the same model evaluated on the node: sandboxed again, aggregate metrics leave
-    ev = ok(cli(home, "evaluate", "--model", trained["model"], "--dataset", "private:secret",
-                "--node", "node-1", "--trust-code", code, "--json"))  # fmt: skip
+    ev = ok(
+        cli(
+            home,
+            "evaluate",
+            "--model",
+            trained["model"],
+            "--dataset",
+            "private:secret",
+            "--node",
+            "node-1",
+            "--trust-code",
+            code,
+            "--json",
+        )
+    )
     assert 0.0 <= ev["metrics"]["accuracy"] <= 1.0
     # the operator withdraws it: refused again
     ok(cli(home, "node", "allow", code, "--revoke", "--home", str(node1), "--json"))
-    refused = cli(home, "evaluate", "--model", trained["model"], "--dataset", "private:secret",
-                  "--node", "node-1", "--trust-code", code, "--json")  # fmt: skip
+    refused = cli(
+        home,
+        "evaluate",
+        "--model",
+        trained["model"],
+        "--dataset",
+        "private:secret",
+        "--node",
+        "node-1",
+        "--trust-code",
+        code,
+        "--json",
+    )
     one_error(refused, "is not allowed on this node")

@@ -29,9 +29,13 @@ from flows.federated.validate import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_EXAMPLES", "DEFAULT_MAX_WEIGHT_RATIO", "AggregateResult", "Metrics", "Strategy",
+    "DEFAULT_MAX_EXAMPLES",
+    "DEFAULT_MAX_WEIGHT_RATIO",
+    "AggregateResult",
+    "Metrics",
+    "Strategy",
     "as_results",
-]  # fmt: skip
+]
 
 Metrics: TypeAlias = dict[str, float | int | str]
 """Scalar facts about one aggregation (counts, norms, chosen clients)."""

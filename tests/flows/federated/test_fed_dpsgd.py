@@ -77,8 +77,14 @@ def test_a_client_plans_its_noise_from_its_own_data_size() -> None:
     assert tiny.sample_rate == 1.0
     assert tiny.steps == 5
     for kwargs in ({"batch_size": 0}, {"rounds": 0}, {"clip": 0.0}, {"clip": math.inf}):
-        args = {"batch_size": 32, "epochs": 1, "rounds": 5, "epsilon": 8.0, "delta": 1e-5,
-                "clip": 1.0} | kwargs  # fmt: skip
+        args = {
+            "batch_size": 32,
+            "epochs": 1,
+            "rounds": 5,
+            "epsilon": 8.0,
+            "delta": 1e-5,
+            "clip": 1.0,
+        } | kwargs
         with pytest.raises(TrainingError):
             plan(100, **args)  # type: ignore[arg-type]
 
@@ -138,7 +144,7 @@ def test_dp_sgd_samples_by_seed_draws_unrecorded_noise_and_learns_at_epsilon_8()
         "sample_rate",
         "steps",
         "sampled",
-    }  # fmt: skip  (no loss on private examples)
+    }  # no loss on private examples
     # about q·n examples a step (Poisson sampling)
     assert first.metrics["sampled"] / budget.steps_per_round == pytest.approx(32, rel=0.2)
     current = weights
@@ -173,9 +179,28 @@ def test_dp_sgd_refuses_batch_normalisation_and_empty_data(
         dp_sgd_train(mlp, mlp.initial_weights(), x[:0], y[:0], budget)
 
 
-RUN = ["federated", "--dataset", "demo/digits", "--clients", "3", "--partition",
-       "dirichlet:0.5", "--rounds", "2", "--model", "mlp", "--seed", "0", "--dp-epsilon", "8",
-       "--dp-level", "example", "--lr", "0.02", "--json"]  # fmt: skip
+RUN = [
+    "federated",
+    "--dataset",
+    "demo/digits",
+    "--clients",
+    "3",
+    "--partition",
+    "dirichlet:0.5",
+    "--rounds",
+    "2",
+    "--model",
+    "mlp",
+    "--seed",
+    "0",
+    "--dp-epsilon",
+    "8",
+    "--dp-level",
+    "example",
+    "--lr",
+    "0.02",
+    "--json",
+]
 
 
 @pytest.mark.slow
@@ -183,8 +208,18 @@ RUN = ["federated", "--dataset", "demo/digits", "--clients", "3", "--partition",
 def test_federated_with_dp_sgd_on_the_clients(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ok(cli(home, "key", "new", "--json"))
-    ok(cli(home, "publish", "sklearn:digits", "--name", "demo/digits", "--version", "1.0.0",
-           "--json"))  # fmt: skip
+    ok(
+        cli(
+            home,
+            "publish",
+            "sklearn:digits",
+            "--name",
+            "demo/digits",
+            "--version",
+            "1.0.0",
+            "--json",
+        )
+    )
     out = ok(cli(home, *RUN, "--strategy", "fedmedian"))  # a robust strategy: DP is on the clients
     privacy = out["privacy"]
     assert privacy["level"] == "example"

@@ -114,10 +114,12 @@ def fed(_prefect_api: None, tmp_path: Path) -> Iterator[Fed]:
 
 def _honest(fed: Fed, global_model: str, rnd: int = 1) -> list[dict[str, Any]]:
     """Every client's real round from ``global_model``."""
-    return _in_flow(lambda: [
-        client_round(global_model=global_model, data=data, round=rnd, seed=k)
-        for k, data in enumerate(fed.clients)
-    ])  # fmt: skip
+    return _in_flow(
+        lambda: [
+            client_round(global_model=global_model, data=data, round=rnd, seed=k)
+            for k, data in enumerate(fed.clients)
+        ]
+    )
 
 
 def _nudged(fed: Fed) -> tuple[list[str], list[int]]:
@@ -126,10 +128,17 @@ def _nudged(fed: Fed) -> tuple[list[str], list[int]]:
     rng = np.random.default_rng(1)
     info = {"round": 1, "update_of": fed.model}
     updates = [
-        _put_model({k: (v + 0.01 * rng.standard_normal(v.shape)).astype(v.dtype)
-                    for k, v in fed.weights.items()}, fed.spec, info, "federated client")
+        _put_model(
+            {
+                k: (v + 0.01 * rng.standard_normal(v.shape)).astype(v.dtype)
+                for k, v in fed.weights.items()
+            },
+            fed.spec,
+            info,
+            "federated client",
+        )
         for _ in HONEST
-    ]  # fmt: skip
+    ]
     return updates, [70, 60, 80]
 
 
@@ -141,10 +150,17 @@ def _aggregate(
     rnd: int = 1,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    return _in_flow(lambda: aggregate_round(
-        global_model=global_model, updates=updates, counts=counts, round=rnd, strategy="fedavg",
-        clients=clients, **kwargs,
-    ))  # fmt: skip
+    return _in_flow(
+        lambda: aggregate_round(
+            global_model=global_model,
+            updates=updates,
+            counts=counts,
+            round=rnd,
+            strategy="fedavg",
+            clients=clients,
+            **kwargs,
+        )
+    )
 
 
 def _put_raw(fed: Fed, weights: Weights, info: dict[str, Any]) -> str:
@@ -197,8 +213,10 @@ def test_nan_and_infinite_updates_are_rejected_and_the_honest_ones_aggregate(fed
     nan["1.weight"][0, 0] = np.nan
     inf = {k: v.copy() for k, v in _model(honest[1]).items()}
     inf["3.bias"][1] = np.inf
-    bad = [_put_model(nan, fed.spec, info, "federated client"),
-           _put_model(inf, fed.spec, info, "federated client")]  # fmt: skip
+    bad = [
+        _put_model(nan, fed.spec, info, "federated client"),
+        _put_model(inf, fed.spec, info, "federated client"),
+    ]
 
     out = _aggregate(fed.model, [*honest, *bad], [*counts, 70, 70], [*HONEST, "nan", "inf"])
     reasons = _reasons(out)
@@ -223,7 +241,7 @@ def test_a_sign_flipped_update_is_rejected_by_the_direction_screen_when_asked(fe
     own = _model(honest[0])
     flipped = {
         k: (2 * fed.weights[k].astype(np.float64) - own[k]).astype(own[k].dtype) for k in own
-    }  # fmt: skip  (global − Δ)
+    }  # global − Δ
     info = {"round": 1, "update_of": fed.model}
     bad = _put_model(flipped, fed.spec, info, "federated client")
     updates, labels = [*honest, bad], [*HONEST, "flip"]
@@ -254,8 +272,9 @@ def test_misshapen_misnamed_and_mistyped_updates_are_rejected_with_the_reason(fe
         "dtype": {**good, "3.weight": good["3.weight"].astype(np.float64)},
     }
     updates = [_put_raw(fed, w, info) for w in crafted.values()]
-    out = _aggregate(fed.model, [*honest, *updates], [*counts, *[70] * len(updates)],
-                     [*HONEST, *crafted])  # fmt: skip
+    out = _aggregate(
+        fed.model, [*honest, *updates], [*counts, *[70] * len(updates)], [*HONEST, *crafted]
+    )
     reasons = _reasons(out)
     assert set(reasons) == set(crafted)
     assert reasons["shape"] == "array '1.weight' has shape [17, 8], the global model [16, 8]"
@@ -297,9 +316,13 @@ def test_a_huge_example_count_is_capped_instead_of_dominating_fedavg(fed: Fed) -
     assert all(np.array_equal(got[k], honest_only[k]) for k in honest_only)
 
     # Without either cap the liar buys ~all of FedAvg's weight: the model is the attacker's.
-    uncapped = _aggregate(fed.model, updates, claims, labels,
-                          strategy_args={"max_examples": 10**13,
-                                         "max_weight_ratio": 1e15})  # fmt: skip
+    uncapped = _aggregate(
+        fed.model,
+        updates,
+        claims,
+        labels,
+        strategy_args={"max_examples": 10**13, "max_weight_ratio": 1e15},
+    )
     assert uncapped["rejected"] == []
     dominated = _model(uncapped["model"])
     assert _distance(dominated, attacker) < 1e-4
@@ -330,27 +353,47 @@ def test_updates_for_a_finished_round_or_an_older_model_are_rejected_as_late(fed
 
     # Round 1 itself: an update that says it is for round 0.
     early = _put_model(fed.weights, fed.spec, {"round": 0, "update_of": fed.model}, "federated")
-    out = _aggregate(fed.model, [str(first[0]["update"]), str(first[1]["update"]), early],
-                     [*counts[:2], 70], ["client-0", "client-1", "early"])  # fmt: skip
+    out = _aggregate(
+        fed.model,
+        [str(first[0]["update"]), str(first[1]["update"]), early],
+        [*counts[:2], 70],
+        ["client-0", "client-1", "early"],
+    )
     assert _reasons(out) == {"early": "an update for round 0, not round 1"}
     assert out["model"] is not None
 
     # Round 2: client-2's answer from round 1 arrives late, and a round-2 claim on the old model.
     second = _honest(fed, g1, rnd=2)
-    old_base = _put_model(_model(str(first[0]["update"])), fed.spec,
-                          {"round": 2, "update_of": fed.model}, "federated client")  # fmt: skip
-    out = _aggregate(g1, [str(second[0]["update"]), str(second[1]["update"]),
-                          str(first[2]["update"]), old_base],
-                     [*counts[:2], counts[2], 70], ["client-0", "client-1", "client-2", "stale"],
-                     rnd=2)  # fmt: skip
+    old_base = _put_model(
+        _model(str(first[0]["update"])),
+        fed.spec,
+        {"round": 2, "update_of": fed.model},
+        "federated client",
+    )
+    out = _aggregate(
+        g1,
+        [str(second[0]["update"]), str(second[1]["update"]), str(first[2]["update"]), old_base],
+        [*counts[:2], counts[2], 70],
+        ["client-0", "client-1", "client-2", "stale"],
+        rnd=2,
+    )
     reasons = _reasons(out)
     assert reasons["client-2"] == "an update for round 1, not round 2"
     assert reasons["stale"] == f"trained from {fed.model}, not this round's model"
     assert out["metrics"]["received"] == 4
     assert out["failure"] is None
     new = _model(str(out["model"]))
-    alone = _model(str(_aggregate(g1, [str(a["update"]) for a in second[:2]], counts[:2],
-                                  ["client-0", "client-1"], rnd=2)["model"]))  # fmt: skip
+    alone = _model(
+        str(
+            _aggregate(
+                g1,
+                [str(a["update"]) for a in second[:2]],
+                counts[:2],
+                ["client-0", "client-1"],
+                rnd=2,
+            )["model"]
+        )
+    )
     assert all(np.array_equal(new[k], alone[k]) for k in alone)
 
 
@@ -361,8 +404,13 @@ def test_too_few_accepted_updates_fail_the_round_without_a_model(fed: Fed) -> No
     honest = _nudged(fed)[0][:2]
     nan = {k: np.full_like(v, np.nan) for k, v in fed.weights.items()}
     bad = _put_model(nan, fed.spec, {"round": 1, "update_of": fed.model}, "federated client")
-    out = _aggregate(fed.model, [*honest, bad], [70, 70, 70], ["client-0", "client-1", "nan"],
-                     strategy_args={"min_clients": 3})  # fmt: skip
+    out = _aggregate(
+        fed.model,
+        [*honest, bad],
+        [70, 70, 70],
+        ["client-0", "client-1", "nan"],
+        strategy_args={"min_clients": 3},
+    )
     assert out["model"] is None
     assert out["failure"] == "only 2 of 3 updates accepted, need at least 3"
     assert list(_reasons(out)) == ["nan"]
@@ -371,9 +419,14 @@ def test_too_few_accepted_updates_fail_the_round_without_a_model(fed: Fed) -> No
 
 
 def test_a_flow_round_with_too_few_clients_fails_cleanly_and_publishes_nothing(fed: Fed) -> None:
-    common: dict[str, Any] = {"dataset": fed.dataset, "clients": 3, "partition": "iid",
-                              "rounds": 1, "model": "mlp",
-                              "model_kwargs": MODEL_KWARGS}  # fmt: skip
+    common: dict[str, Any] = {
+        "dataset": fed.dataset,
+        "clients": 3,
+        "partition": "iid",
+        "rounds": 1,
+        "model": "mlp",
+        "model_kwargs": MODEL_KWARGS,
+    }
     before = _tasks(fed.store)
     with pytest.raises(FlowError) as refused:
         federated_train(**common, min_clients=4)
@@ -406,9 +459,15 @@ def _chain(fed: Fed, model: str) -> list[dict[str, Any]]:
 
 
 def test_secure_aggregation_matches_the_plain_run_from_masked_updates(fed: Fed) -> None:
-    common: dict[str, Any] = {"dataset": fed.dataset, "clients": 3, "partition": "iid",
-                              "rounds": 2, "model": "mlp", "model_kwargs": MODEL_KWARGS,
-                              "seed": 0}  # fmt: skip
+    common: dict[str, Any] = {
+        "dataset": fed.dataset,
+        "clients": 3,
+        "partition": "iid",
+        "rounds": 2,
+        "model": "mlp",
+        "model_kwargs": MODEL_KWARGS,
+        "seed": 0,
+    }
     plain = federated_train(**common)
     secure = federated_train(**common, secure=True)
     assert secure["secure"] is True
@@ -420,8 +479,11 @@ def test_secure_aggregation_matches_the_plain_run_from_masked_updates(fed: Fed) 
     assert _distance(_model(secure["model"]), _model(plain["model"])) < 1e-4
 
     # Every update a secure client stored is masked: uint64 noise that alone is not its delta.
-    masked = [r for r in _receipts(fed.store) if r.body["task"] == "fed-client"
-              and "peers" in (r.body["parameters"]["secure"] or {})]  # fmt: skip
+    masked = [
+        r
+        for r in _receipts(fed.store)
+        if r.body["task"] == "fed-client" and "peers" in (r.body["parameters"]["secure"] or {})
+    ]
     assert len(masked) == 6  # 2 rounds x 3 clients
     for r in masked:
         (update,) = r.outputs
@@ -457,9 +519,17 @@ def test_secure_aggregation_goes_on_without_the_clients_that_drop_out(fed: Fed) 
     logger = logging.getLogger("prefect.flow_runs")
     logger.addHandler(records)
     try:
-        out = federated_train(dataset=fed.dataset, clients=3, partition="iid", rounds=2,
-                              model="mlp", model_kwargs=MODEL_KWARGS, seed=1, dropout=0.4,
-                              secure=True)  # fmt: skip
+        out = federated_train(
+            dataset=fed.dataset,
+            clients=3,
+            partition="iid",
+            rounds=2,
+            model="mlp",
+            model_kwargs=MODEL_KWARGS,
+            seed=1,
+            dropout=0.4,
+            secure=True,
+        )
     finally:
         logger.removeHandler(records)
     labels = set(HONEST)
@@ -476,8 +546,9 @@ def test_secure_aggregation_goes_on_without_the_clients_that_drop_out(fed: Fed) 
         dropped_any = dropped_any or bool(dropped)
         rnd = row["round"]
         for c in dropped:
-            assert any(line.startswith(f"round {rnd}: {c} missing: dropped out")
-                       for line in records.lines), (c, records.lines)  # fmt: skip
+            assert any(
+                line.startswith(f"round {rnd}: {c} missing: dropped out") for line in records.lines
+            ), (c, records.lines)
             restart = f"round {rnd}: secure aggregation restarts without"
             assert any(line.startswith(restart) and c in line for line in records.lines)
         assert 0 <= row["accuracy"] <= 1
@@ -485,9 +556,17 @@ def test_secure_aggregation_goes_on_without_the_clients_that_drop_out(fed: Fed) 
 
 
 def test_a_secure_rounds_history_names_the_clients_that_dropped_out(fed: Fed) -> None:
-    out = federated_train(dataset=fed.dataset, clients=3, partition="iid", rounds=1,
-                          model="mlp", model_kwargs=MODEL_KWARGS, seed=1, dropout=0.4,
-                          secure=True)  # fmt: skip
+    out = federated_train(
+        dataset=fed.dataset,
+        clients=3,
+        partition="iid",
+        rounds=1,
+        model="mlp",
+        model_kwargs=MODEL_KWARGS,
+        seed=1,
+        dropout=0.4,
+        secure=True,
+    )
     (row,) = out["history"]
     assert row["clients"] == 2  # seed 1: client-1 drops out of round 1
     assert row["missing"] == [["client-1", "dropped out (simulated)"]]
@@ -497,9 +576,17 @@ def test_a_silent_byzantine_client_is_missing_from_every_round(fed: Fed) -> None
     """``--attack silent``: the attacker never sends an update (the floor for the robustness
     figures: what a defence that caught it every round would give). Every round goes on with
     the other clients, names it as missing, and none of its updates is in any round."""
-    out = federated_train(dataset=fed.dataset, clients=3, partition="iid", rounds=2,
-                          model="mlp", model_kwargs=MODEL_KWARGS, seed=1, byzantine=1,
-                          attack="silent")  # fmt: skip
+    out = federated_train(
+        dataset=fed.dataset,
+        clients=3,
+        partition="iid",
+        rounds=2,
+        model="mlp",
+        model_kwargs=MODEL_KWARGS,
+        seed=1,
+        byzantine=1,
+        attack="silent",
+    )
     for row, info in zip(out["history"], _chain(fed, out["model"]), strict=True):
         assert row["clients"] == 2
         assert row["missing"] == [["client-0", "silent (simulated Byzantine client)"]]
@@ -520,9 +607,15 @@ def test_a_client_rejected_k_times_is_excluded_from_later_rounds(
     """``exclude_after=2``: client-0 sends ×1000 updates, the norm bound (or the screen against
     the round's median norm) rejects them in rounds 1 and 2, and from round 3 on it gets no work
     at all (no update, no final evaluation)."""
-    common: dict[str, Any] = {"dataset": fed.dataset, "clients": 3, "partition": "iid",
-                              "model": "mlp", "model_kwargs": MODEL_KWARGS, "seed": 1,
-                              **screen}  # fmt: skip
+    common: dict[str, Any] = {
+        "dataset": fed.dataset,
+        "clients": 3,
+        "partition": "iid",
+        "model": "mlp",
+        "model_kwargs": MODEL_KWARGS,
+        "seed": 1,
+        **screen,
+    }
     out = federated_train(**common, rounds=4, byzantine=1, attack="scale:1000", exclude_after=2)
     rows, chain = out["history"], _chain(fed, out["model"])
     assert [r["rejected"] for r in rows] == [1, 1, 0, 0]
@@ -544,17 +637,32 @@ def test_an_attacker_that_starts_late_is_honest_until_then_and_excluded_once_cau
     """``scale:1000@2``: client-0 is honest in round 1 (its update is kept, with no attack on
     record), attacks from round 2, is rejected there by the length screen and, with
     ``exclude_after=1``, left out of round 3."""
-    out = federated_train(dataset=fed.dataset, clients=3, partition="iid", rounds=3,
-                          model="mlp", model_kwargs=MODEL_KWARGS, seed=1, byzantine=1,
-                          attack="scale:1000@2", max_norm_ratio=10.0,
-                          exclude_after=1)  # fmt: skip
+    out = federated_train(
+        dataset=fed.dataset,
+        clients=3,
+        partition="iid",
+        rounds=3,
+        model="mlp",
+        model_kwargs=MODEL_KWARGS,
+        seed=1,
+        byzantine=1,
+        attack="scale:1000@2",
+        max_norm_ratio=10.0,
+        exclude_after=1,
+    )
     rows, chain = out["history"], _chain(fed, out["model"])
     assert [r["rejected"] for r in rows] == [0, 1, 0]
     assert [r["clients"] for r in rows] == [3, 3, 2]
     assert [r["excluded"] for r in rows] == [[], ["client-0"], ["client-0"]]
-    attacks = [{fed.store.open_artifact(u).attrs[FED_ATTR]["data"]:
-                fed.store.open_artifact(u).attrs[FED_ATTR].get("attack") for u in info["updates"]}
-               for info in chain]  # fmt: skip
+    attacks = [
+        {
+            fed.store.open_artifact(u).attrs[FED_ATTR]["data"]: fed.store.open_artifact(u)
+            .attrs[FED_ATTR]
+            .get("attack")
+            for u in info["updates"]
+        }
+        for info in chain
+    ]
     first = out["clients"][0]
     assert attacks[0][first] is None  # round 1: honest
     assert attacks[1][first] == "scale:1000"
@@ -573,8 +681,9 @@ def test_exclude_after_must_be_positive(fed: Fed) -> None:
 
 def test_an_evaluation_only_client_round_sends_no_update(fed: Fed) -> None:
     before = {a.cid for a in fed.store.list()}
-    answer = _in_flow(lambda: client_round(global_model=fed.model, data=fed.clients[0], round=1,
-                                           epochs=0))  # fmt: skip
+    answer = _in_flow(
+        lambda: client_round(global_model=fed.model, data=fed.clients[0], round=1, epochs=0)
+    )
     assert answer["update"] is None
     assert answer["metrics"] == {}
     assert answer["num_examples"] > 0
@@ -620,8 +729,9 @@ def test_extra_missing_and_misdeclared_arrays_are_refused_from_their_metadata(fe
     name = next(iter(fed.weights))
     extra = _put_raw(fed, {**fed.weights, "smuggled": np.zeros(3, np.float32)}, info)
     missing = _put_raw(fed, {k: v for k, v in fed.weights.items() if k != name}, info)
-    answer = _aggregate(fed.model, [*honest, extra, missing], [*counts, 10, 10],
-                        [*HONEST, "extra", "missing"])  # fmt: skip
+    answer = _aggregate(
+        fed.model, [*honest, extra, missing], [*counts, 10, 10], [*HONEST, "extra", "missing"]
+    )
     reasons = _reasons(answer)
     assert reasons["extra"] == "unexpected arrays 'smuggled'"
     assert reasons["missing"] == f"missing arrays {name!r}"
@@ -653,8 +763,9 @@ def test_round_info_that_is_not_an_object_or_nests_deep_is_a_rejection(fed: Fed)
     for _ in range(200):
         deep = {"a": deep}
     nested = _put_model(fed.weights, fed.spec, {"round": deep, "update_of": fed.model}, "c")
-    answer = _aggregate(fed.model, [*honest, flat, nested], [*counts, 10, 10],
-                        [*HONEST, "flat", "nested"])  # fmt: skip
+    answer = _aggregate(
+        fed.model, [*honest, flat, nested], [*counts, 10, 10], [*HONEST, "flat", "nested"]
+    )
     reasons = _reasons(answer)
     assert "is not an object" in reasons["flat"]
     assert reasons["nested"].startswith("an update for round {")
@@ -679,8 +790,15 @@ def test_a_flow_round_lists_a_lying_clients_rejection_and_goes_on(
         return got
 
     monkeypatch.setattr(LocalClients, "run_round", lying)
-    out = federated_train(dataset=fed.dataset, clients=3, partition="iid", rounds=2, model="mlp",
-                          model_kwargs=MODEL_KWARGS, min_clients=2)  # fmt: skip
+    out = federated_train(
+        dataset=fed.dataset,
+        clients=3,
+        partition="iid",
+        rounds=2,
+        model="mlp",
+        model_kwargs=MODEL_KWARGS,
+        min_clients=2,
+    )
     for row in out["history"]:
         assert row["rejections"] == [["client-0", "num_examples 'lots' is not an integer"]]
         assert row["clients"] == 3

@@ -85,8 +85,9 @@ def test_the_noise_cannot_be_regenerated_from_anything_recorded() -> None:
     base = {"w": np.zeros(dim, np.float64)}
     ups = [{"w": np.full(dim, 0.01 * k)} for k in range(1, n + 1)]
     clean = np.full(dim, 0.03)
-    first, second = (private_mean(base, ups, clip=clip, noise_multiplier=sigma)["w"] - clean
-                     for _ in range(2))  # fmt: skip
+    first, second = (
+        private_mean(base, ups, clip=clip, noise_multiplier=sigma)["w"] - clean for _ in range(2)
+    )
     assert not np.array_equal(first, second)
     scale = sigma * clip / n
     for residual in (first, second):
@@ -109,8 +110,12 @@ RDP_AT_8 = {
     (2.0, 0.001, 10): 1.138223717715796e-05,
     (0.6, 0.1, 100): 847.9585327496984,
 }
-GRID = [(s, q, t) for s in (0.6, 1.0, 2.0, 5.0) for q in (1.0, 0.1, 0.01, 0.001)
-        for t in (1, 10, 100, 1000)]  # fmt: skip
+GRID = [
+    (s, q, t)
+    for s in (0.6, 1.0, 2.0, 5.0)
+    for q in (1.0, 0.1, 0.01, 0.001)
+    for t in (1, 10, 100, 1000)
+]
 
 
 @pytest.mark.parametrize(("sigma", "q", "steps"), list(RDP_AT_8))

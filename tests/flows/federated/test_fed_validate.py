@@ -209,8 +209,7 @@ def test_update_norm_is_the_l2_norm_of_the_concatenated_difference(
 
 
 def _shifted(w: list[float], b: list[float]) -> dict[str, np.ndarray]:
-    return {"w": np.array(w, f32).reshape(2, 2), "b": np.array(b, f32),
-            "n": np.array(0, np.int64)}  # fmt: skip
+    return {"w": np.array(w, f32).reshape(2, 2), "b": np.array(b, f32), "n": np.array(0, np.int64)}
 
 
 def test_outlier_screen_by_direction_rejects_an_update_pointing_away_from_the_median() -> None:
@@ -270,13 +269,18 @@ def test_outlier_screen_by_norm_rejects_an_update_far_longer_than_the_median() -
         assert len(kept) == 5 - caught
         if caught:
             norm = update_norm(GLOBAL, big)
-            assert rejected[0][1] == (f"update norm {norm:.4g} is more than 10x the round's "
-                                      f"median norm {median:.4g}")  # fmt: skip
+            assert rejected[0][1] == (
+                f"update norm {norm:.4g} is more than 10x the round's median norm {median:.4g}"
+            )
     # Both screens at once: the flip by direction, the long one by norm.
     flipped = {k: np.asarray(-v) for k, v in honest[0].items()}
     big = {k: np.asarray(1000 * v) for k, v in honest[1].items()}
-    _, rejected = outlier_screen(GLOBAL, [*results, ("flip", flipped, 10), ("big", big, 10)],
-                                 min_cosine=0.0, max_norm_ratio=10)  # fmt: skip
+    _, rejected = outlier_screen(
+        GLOBAL,
+        [*results, ("flip", flipped, 10), ("big", big, 10)],
+        min_cosine=0.0,
+        max_norm_ratio=10,
+    )
     assert [c for c, _ in rejected] == ["flip", "big"]
     assert rejected[1][1].startswith("update norm")
     # Most updates zero: no length to compare with, nothing rejected by length.
@@ -297,8 +301,9 @@ def test_screen_clamps_each_count_to_ten_medians_and_checks_the_ratio() -> None:
     accepted, rejected = screen(GLOBAL, results, norm_bound=math.inf, max_examples=10**7)
     assert rejected == []
     assert [u.num_examples for u in accepted] == [10, 20, 30, 250]  # median 25
-    wide, _ = screen(GLOBAL, results, norm_bound=math.inf, max_examples=10**7,
-                     max_weight_ratio=math.inf)  # fmt: skip
+    wide, _ = screen(
+        GLOBAL, results, norm_bound=math.inf, max_examples=10**7, max_weight_ratio=math.inf
+    )
     assert [u.num_examples for u in wide] == [10, 20, 30, 10**6]
     for bad in (0.5, True, "10", math.nan):
         with pytest.raises(AggregationError, match="max_weight_ratio must be a number >= 1"):
