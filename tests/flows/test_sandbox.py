@@ -45,8 +45,15 @@ def _works(kind: str) -> bool:
         return False
 
 
+#: A backend that does not work here is skipped on a developer's machine, never under CI
+#: (``make test`` installs bubblewrap; unshare is util-linux): there its tests run and fail.
 BACKENDS = [
-    pytest.param(k, marks=pytest.mark.skipif(not _works(k), reason=f"{k} does not work here"))
+    pytest.param(
+        k,
+        marks=pytest.mark.skipif(
+            not os.environ.get("CI") and not _works(k), reason=f"{k} does not work here"
+        ),
+    )
     for k in ("bwrap", "unshare")
 ]
 FAST = SandboxLimits(wall_seconds=60.0, cpu_seconds=30)
