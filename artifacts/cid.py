@@ -15,7 +15,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from artifacts.errors import InvalidCIDError
 
@@ -29,6 +29,7 @@ __all__ = [
     "Hasher",
     "as_cid",
     "cid_of",
+    "cids_in",
     "compute_cid",
     "new_hasher",
 ]
@@ -226,3 +227,17 @@ def _read_varint(raw: bytes, pos: int, shown: object, what: str) -> tuple[int, i
     if pos - start > 1 and raw[pos - 1] == 0:
         raise InvalidCIDError(shown, f"non-minimal varint for {what}")
     return value, pos
+
+
+def cids_in(value: Any) -> list[str]:
+    """Every CID string inside a JSON value (dict values and list items, at any depth)."""
+    if isinstance(value, str):
+        try:
+            return [str(as_cid(value))]
+        except InvalidCIDError:
+            return []
+    if isinstance(value, dict):
+        return [c for v in value.values() for c in cids_in(v)]
+    if isinstance(value, list | tuple):
+        return [c for v in value for c in cids_in(v)]
+    return []

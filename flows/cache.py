@@ -344,28 +344,10 @@ def _outputs_present(home: Path, result: Mapping[str, Any]) -> bool:
     return _present_in(store, result)
 
 
-def _named_cids(value: Any) -> Iterable[str]:
-    """The strings in ``value`` (nested lists and dicts too) that parse as CIDs."""
-    from artifacts.cid import as_cid
-    from artifacts.errors import InvalidCIDError
-
-    if isinstance(value, str):
-        try:
-            as_cid(value)
-        except InvalidCIDError:
-            return
-        yield value
-    elif isinstance(value, list):
-        for item in value:
-            yield from _named_cids(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _named_cids(item)
-
-
 def _present_in(store: Any, result: Mapping[str, Any]) -> bool:
     """Every artifact ``result`` names, at any depth (complete: every blob), and its receipt
     are in ``store``."""
+    from artifacts.cid import cids_in
     from artifacts.errors import ArtifactError, InvalidCIDError
 
     receipt = result.get("receipt")
@@ -377,7 +359,7 @@ def _present_in(store: Any, result: Mapping[str, Any]) -> bool:
         for key, value in result.items():
             if key == "receipt":
                 continue
-            for cid in _named_cids(value):
+            for cid in cids_in(value):
                 art = store.open_artifact(cid)
                 if not all(store.blobs.has(c) for c in art.blob_cids()):
                     return False

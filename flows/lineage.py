@@ -47,7 +47,8 @@ def receipt_index(store: ArtifactStore) -> dict[str, list[Receipt]]:
         return (0, min(claimed, stored), str(r.cid))
 
     for receipts in index.values():
-        receipts.sort(key=key, reverse=True)
+        if len(receipts) > 1:  # the key may stat a blob (a request on a cluster): only to choose
+            receipts.sort(key=key, reverse=True)
     return index
 
 

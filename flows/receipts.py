@@ -29,7 +29,6 @@ __all__ = [
     "JOURNAL",
     "RECEIPT_FORMAT",
     "Receipt",
-    "cids_in",
     "environment",
     "load_receipt",
     "parse_time",
@@ -57,20 +56,6 @@ _FIELDS = {
 #: The receipts this home wrote or accepted, one CID a line, in the order it did: lineage
 #: orders receipts by this record, never by the times a receipt claims.
 JOURNAL: Final = "receipts.journal"
-
-
-def cids_in(value: Any) -> list[str]:
-    """Every CID string inside a JSON value (dict values and list items, at any depth)."""
-    if isinstance(value, str):
-        try:
-            return [str(as_cid(value))]
-        except InvalidCIDError:
-            return []
-    if isinstance(value, dict):
-        return [c for v in value.values() for c in cids_in(v)]
-    if isinstance(value, list | tuple):
-        return [c for v in value for c in cids_in(v)]
-    return []
 
 
 def record_receipt(store: ArtifactStore, cid: str | CID) -> None:

@@ -32,12 +32,20 @@ from typing import Any
 from prefect import flow
 
 from artifacts.canonical import canonical_json
+from artifacts.cid import cids_in
 from artifacts.store import ArtifactStore
 from flows.errors import FlowError, one_line
 from flows.pipelines import evaluate, infer, train
 from flows.private import PRIVATE_PREFIX, Use, resolve_private
-from flows.receipts import Receipt, cids_in, parse_time
-from flows.run_requests import NonceStore, allowed_coordinators, sign_request, verify_request
+from flows.receipts import Receipt, parse_time
+from flows.run_requests import (
+    CLOCK_SKEW,
+    COORDINATOR_KEY,
+    NonceStore,
+    allowed_coordinators,
+    sign_request,
+    verify_request,
+)
 from flows.tasks import current_runtime
 from registry.errors import RegistryError
 from registry.identity import Identity
@@ -252,11 +260,6 @@ def _api(api_url: str | None) -> Iterator[None]:
         yield
 
 
-COORDINATOR_KEY = "coordinator"
-#: How far a receipt's times may lie ahead of the coordinator's clock.
-RECEIPT_SKEW = 60.0
-
-
 @dataclass(frozen=True)
 class Coordinator:
     """The coordinator's side of a cluster: its key (``HOME/keys/coordinator.pem``), which
@@ -403,9 +406,9 @@ def verify_answer(
     except ValueError:
         raise RemoteRunError(f"{where}: the receipt's times are not ISO times") from None
     now = time.time()
-    if ended > now + RECEIPT_SKEW or started > ended + 1:
+    if ended > now + CLOCK_SKEW or started > ended + 1:
         raise RemoteRunError(f"{where}: the receipt claims a time in the future")
-    if not result.get("cached") and started < sent - RECEIPT_SKEW:
+    if not result.get("cached") and started < sent - CLOCK_SKEW:
         raise RemoteRunError(f"{where}: the receipt says it ran before it was asked to")
     for cid in sorted(named):
         art = store.open_artifact(cid)  # manifest fetched and verified

@@ -33,13 +33,15 @@ from typing import Any, Final
 
 from artifacts.atomic import write_atomic
 from artifacts.canonical import canonical_json, loads_strict
+from artifacts.cid import cids_in
 from flows.errors import RunRequestError
-from flows.receipts import cids_in
 from registry.errors import RegistryError
 from registry.identity import Identity, fingerprint, verify_signature
 
 __all__ = [
     "ALLOWED_FILE",
+    "CLOCK_SKEW",
+    "COORDINATOR_KEY",
     "DEFAULT_TTL",
     "MAX_TTL",
     "REQUEST_FORMAT",
@@ -52,6 +54,8 @@ __all__ = [
 ]
 
 REQUEST_FORMAT: Final = "cidflow/run-request@1"
+#: The coordinator's key in its home (``HOME/keys/coordinator.pem``): signs run requests.
+COORDINATOR_KEY: Final = "coordinator"
 #: How long a request is valid by default, and at most (a node refuses a longer one).
 DEFAULT_TTL: Final = 600.0
 MAX_TTL: Final = 86400.0

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, overload
 
+from artifacts.cid import cids_in
 from artifacts.store import ArtifactStore
 from flows.cache import CIDCachePolicy, canonical_inputs, code_hash
-from flows.receipts import cids_in, write_receipt
+from flows.receipts import write_receipt
 from registry.identity import Identity
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from typing import Any
 
 from artifacts.blobstore.http import MAX_BLOB
 from artifacts.store import ArtifactStore
-from node_agent.auth import load_or_create_token
+from node_agent.auth import load_or_create_token, read_secret
 from node_agent.errors import NodeConfigError
 from node_agent.hardware import probe_hardware
 from node_agent.supervise import Supervisor
@@ -82,16 +82,11 @@ def private_blob_cids(store: ArtifactStore, cids: Iterable[str]) -> set[str]:
 
 
 def _read_secret(path: Path) -> str:
-    """The content of a credentials file that only its owner may read."""
-    import stat
-
+    """The content of a credentials file that only its owner may read (one-line errors)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            if os.fstat(f.fileno()).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise NodeConfigError(f"{path} must be readable by its owner only (chmod 600)")
-            text = f.read().strip()
-    except OSError as exc:
-        raise NodeConfigError(f"cannot read {path}: {exc.strerror}") from None
+        text = read_secret(path)
+    except OSError as exc:  # InsecureTokenError too: it is a PermissionError
+        raise NodeConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not text:
         raise NodeConfigError(f"{path} is empty")
     return text

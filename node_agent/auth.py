@@ -108,12 +108,18 @@ def check_token(token: str, path: Path | None = None) -> str:
     return token
 
 
-def read_token(path: Path) -> str:
-    """The token in ``path``; :class:`InsecureTokenError` if others can read or write it."""
+def read_secret(path: Path) -> str:
+    """The content of a secret file (a token, the Prefect API's credentials), whitespace
+    stripped; :class:`InsecureTokenError` if others can read or write it."""
     with open(path, encoding="utf-8") as f:
         if os.fstat(f.fileno()).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise InsecureTokenError(path)
-        return check_token(f.read(), path)
+        return f.read().strip()
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path``; :class:`InsecureTokenError` if others can read or write it."""
+    return check_token(read_secret(path), path)
 
 
 def load_or_create_token(home: Path) -> str:

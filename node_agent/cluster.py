@@ -33,6 +33,7 @@ from typing import Any
 
 from artifacts.atomic import write_atomic
 from artifacts.cluster import CLUSTER_FILE
+from flows.run_requests import COORDINATOR_KEY  # the home's key: signs requests and PUTs
 from node_agent.agent import NODE_KEY
 from node_agent.auth import TOKEN_FILE, load_or_create_token
 from node_agent.errors import NodeConfigError
@@ -50,7 +51,6 @@ __all__ = [
 
 STOPPED_FILE = "cluster.stopped.json"
 PREFECT_AUTH_FILE = "prefect-auth"
-COORDINATOR_KEY = "coordinator"  # the cluster home's key: signs run requests and PUTs
 
 
 def _free_port(host: str = "127.0.0.1") -> int:

@@ -11,12 +11,10 @@ names and no time in the future; it is then recorded in this home for ``lineage`
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
-from artifacts.cid import as_cid
-from artifacts.errors import InvalidCIDError
+from artifacts.cid import cids_in
 from artifacts.store import ArtifactStore
 from flows.errors import FlowError, one_line
 from flows.private import PRIVATE_PREFIX
@@ -26,14 +24,10 @@ from node_agent.scheduler import choose_node, input_blobs
 __all__ = ["run_on_cluster"]
 
 
-def _cids_in(params: dict[str, Any]) -> list[str]:
-    out = []
-    for key in ("dataset", "model"):
-        value = params.get(key)
-        if isinstance(value, str) and not value.startswith(PRIVATE_PREFIX):
-            with contextlib.suppress(InvalidCIDError):
-                out.append(str(as_cid(value)))
-    return out
+def _inputs(params: dict[str, Any]) -> list[str]:
+    """The input CIDs the scheduler weighs: the dataset's and the model's (a private dataset's
+    name is no CID: only its node knows it)."""
+    return cids_in([params.get("dataset"), params.get("model")])
 
 
 def run_on_cluster(
@@ -60,7 +54,7 @@ def run_on_cluster(
     elif any(str(v).startswith(PRIVATE_PREFIX) for v in params.values()):
         raise NodeAgentError("a private dataset lives on one node: name it with --node")
     else:
-        placement = choose_node(nodes, input_blobs(store, _cids_in(params)), needs_gpu=needs_gpu)
+        placement = choose_node(nodes, input_blobs(store, _inputs(params)), needs_gpu=needs_gpu)
         node, reason = placement.node, placement.reason
     sent = time.time()
     result = run_on_node(
