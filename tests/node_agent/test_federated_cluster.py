@@ -289,7 +289,7 @@ def test_a_coordinator_killed_mid_run_resumes_from_its_last_round(
     assert len(chain) == 3
     assert chain[-1] in first  # round 1 is the model aggregated before the kill
     again = ok(cli(home, *args, timeout=900))
-    assert again["model"] == out["model"]
+    assert again["model"] == out["model"], (out["history"], again["history"])
     assert again["history"] == out["history"]
 
 
